@@ -1,0 +1,285 @@
+"""``kws``: listen to a microphone (or file, or stdin) and act on keywords.
+
+Errors a user can fix print one line and exit 2; ``-v`` shows more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kws import __version__
+from kws.cli_common import configure_logging
+from kws.errors import AudioError, ConfigError, KwsError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _load_model(args):
+    from kws.bundle import load_bundle
+
+    config = _config(args)
+    return load_bundle(args.model or config.model), config
+
+
+def _config(args):
+    from kws.config import Config, load_config
+
+    if getattr(args, "_config", None) is None:
+        args._config = load_config(args.config) if getattr(args, "config", None) else Config()
+    return args._config
+
+
+def _detector_settings(args, bundle, config):
+    from kws.config import check_against_model
+    from kws.spotter import detector_settings_for
+
+    check_against_model(config, bundle.labels, bundle.keywords, str(args.config))
+    thresholds = dict(bundle.thresholds)
+    thresholds.update(config.thresholds)
+    if args.threshold is not None:
+        thresholds = {k: args.threshold for k in thresholds}
+    keywords = tuple(args.keywords.split(",")) if args.keywords else config.keywords
+    detector = dict(config.detector)
+    for option in ("stride_ms", "smoothing_s", "refractory_s"):
+        if getattr(args, option) is not None:
+            detector[option] = getattr(args, option)
+    return detector_settings_for(bundle, thresholds=thresholds, keywords=keywords, **detector)
+
+
+def _flush(spotter, seconds: float) -> list:
+    """Silence after the end of a stream, so a keyword at the very end still fills a window."""
+    samples = int(seconds * spotter.bundle.features.sample_rate_hz)
+    return spotter.feed(np.zeros(samples, np.float32))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def cmd_listen(args) -> int:
+    from kws.actions import Dispatcher, HookAction, JsonLinesAction
+    from kws.sources import open_source
+    from kws.spotter import KeywordSpotter
+
+    bundle, config = _load_model(args)
+    settings = _detector_settings(args, bundle, config)
+    spotter = KeywordSpotter(bundle, settings)
+    source = open_source(args.input, bundle.features.sample_rate_hz, args.device or config.device)
+    actions = [JsonLinesAction()]
+    if config.hooks.commands:
+        actions.append(HookAction(config.hooks))
+    dispatcher = Dispatcher(actions)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    _LOGGER.info("model %s (%s), keywords %s; reading %s", bundle.name, bundle.json_path,
+                 ", ".join(settings.keywords or bundle.keywords), source.description)
+    reported = 0
+    try:
+        for chunk in source.chunks():
+            for detection in spotter.feed(chunk):
+                dispatcher.submit(detection)
+            overruns = getattr(source, "overruns", 0)
+            if overruns > reported:
+                _LOGGER.warning("fell behind the microphone: %d audio block(s) dropped so far", overruns)
+                reported = overruns
+        for detection in _flush(spotter, bundle.window_s):
+            dispatcher.submit(detection)
+    except (KeyboardInterrupt, _Stop):
+        _LOGGER.info("stopping")
+    finally:
+        source.close()
+        dispatcher.close()
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from kws.sources import FileSource
+    from kws.spotter import KeywordSpotter
+
+    bundle, config = _load_model(args)
+    spotter = KeywordSpotter(bundle, _detector_settings(args, bundle, config))
+    source = FileSource(args.file, bundle.features.sample_rate_hz)
+    detections = []
+    for chunk in source.chunks():
+        detections += spotter.feed(chunk)
+    detections += _flush(spotter, bundle.window_s)
+    for d in detections:
+        if args.json:
+            print(json.dumps({"file": str(args.file), **d.to_dict()}))
+        else:
+            print(f"{d.offset_s:8.2f} s  {d.keyword:<10} {d.score:.3f}")
+    if not args.json:
+        _LOGGER.info("%d detection(s) in %.2f s of audio", len(detections), source.audio.size / source.sample_rate_hz)
+    return 0
+
+
+def loudest_window(audio: np.ndarray, size: int, hop: int) -> np.ndarray:
+    """The ``size``-sample stretch of ``audio`` with the most energy (zero-padded if shorter)."""
+    if audio.size <= size:
+        return np.pad(audio, (0, size - audio.size))
+    energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    starts = np.arange(0, audio.size - size + 1, hop)
+    best = int(starts[np.argmax(energy[starts + size] - energy[starts])])
+    return audio[best : best + size]
+
+
+def cmd_classify(args) -> int:
+    from kws.audio_file import read_audio
+    from kws.features import Mfcc
+    from kws.interpreter import Classifier, make_interpreter
+
+    bundle, _ = _load_model(args)
+    classifier = Classifier(make_interpreter(bundle.model_content))
+    mfcc = Mfcc(bundle.features)
+    failures = 0
+    for path in args.files:
+        try:
+            audio = read_audio(path, bundle.features.sample_rate_hz)
+        except AudioError as error:
+            print(f"kws: error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        clip = loudest_window(audio, bundle.window_samples, bundle.features.hop_samples)
+        scores = classifier.predict(mfcc.compute(clip)[: bundle.window_frames])
+        best = int(np.argmax(scores))
+        if args.json:
+            print(json.dumps({"file": str(path), "label": bundle.labels[best], "score": round(float(scores[best]), 4),
+                              "scores": {l: round(float(s), 4) for l, s in zip(bundle.labels, scores)}}))
+        else:
+            print(f"{path}: {bundle.labels[best]} {scores[best]:.3f}")
+    return 1 if failures else 0
+
+
+def cmd_devices(args) -> int:
+    from kws.sources import find_input_device, input_devices
+
+    devices = input_devices()
+    try:
+        default = find_input_device(None)["index"] if devices else None
+    except AudioError:
+        default = None
+    rows = [{"index": d["index"], "name": d["name"], "channels": d["max_input_channels"],
+             "default_samplerate_hz": int(d["default_samplerate"]), "default": d["index"] == default}
+            for d in devices]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    elif not rows:
+        print("no input devices found")
+    for row in rows if not args.json else []:
+        mark = "*" if row["default"] else " "
+        print(f"{mark} {row['index']:>3}  {row['name']}  ({row['channels']} ch, {row['default_samplerate_hz']} Hz)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from kws.interpreter import backend
+
+    bundle, _ = _load_model(args)
+    engine = backend()
+    info = {
+        "model": bundle.name, "manifest": str(bundle.json_path), "tflite": str(bundle.tflite_path),
+        "labels": list(bundle.labels), "keywords": list(bundle.keywords), "thresholds": dict(bundle.thresholds),
+        "architecture": bundle.architecture, "parameters": bundle.parameters, "macs": bundle.macs,
+        "size_bytes": bundle.size_bytes, "sha256": bundle.sha256, "window_s": round(bundle.window_s, 4),
+        "window_frames": bundle.window_frames, "features": bundle.features.to_dict(),
+        "input": {"dtype": bundle.input.dtype, "shape": list(bundle.input.shape), "scale": bundle.input.scale,
+                  "zero_point": bundle.input.zero_point},
+        "output": {"dtype": bundle.output.dtype, "shape": list(bundle.output.shape), "scale": bundle.output.scale,
+                   "zero_point": bundle.output.zero_point},
+        "metrics": bundle.metrics,
+        "backend": engine.name, "backend_version": engine.version, "kws_version": __version__,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    f = bundle.features
+    print(f"model       {bundle.name}  ({bundle.json_path})")
+    print(f"keywords    {', '.join(bundle.keywords)}")
+    print(f"labels      {', '.join(bundle.labels)}")
+    print(f"network     {bundle.architecture or '?'}, {bundle.parameters} parameters, {bundle.macs} MACs, "
+          f"{bundle.size_bytes} bytes, {bundle.input.dtype} in / {bundle.output.dtype} out")
+    print(f"features    MFCC {f.n_mfcc} of {f.n_mels} mel bands {f.fmin_hz:g}-{f.fmax_hz:g} Hz, window {f.window_ms:g} ms, "
+          f"hop {f.hop_ms:g} ms, {f.sample_rate_hz} Hz; {bundle.window_frames} frames = {bundle.window_s:.2f} s")
+    print(f"detector    thresholds {', '.join(f'{k} {v:g}' for k, v in bundle.thresholds.items())}; "
+          f"smoothing {bundle.smoothing_s:g} s, refractory {bundle.refractory_s:g} s")
+    for name, kinds in bundle.metrics.items():
+        print(f"accuracy    {name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in kinds.items()))
+    print(f"interpreter {engine.name} {engine.version}")
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, detector: bool) -> None:
+    p.add_argument("--model", help="bundle name in models/ or path to its .json/.tflite (default: kws12)")
+    if detector:
+        p.add_argument("--config", type=Path, help="TOML config (model, device, thresholds, hooks)")
+        p.add_argument("--keywords", help="comma-separated keywords that may fire (default: all)")
+        p.add_argument("--threshold", type=float, help="one threshold for every keyword, 0 to 1")
+        p.add_argument("--stride-ms", type=float, help="audio between inferences (default 100)")
+        p.add_argument("--smoothing-s", type=float, help="span of score averaging")
+        p.add_argument("--refractory-s", type=float, help="quiet time after a detection")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kws", description="On-device keyword spotting.")
+    parser.add_argument("--version", action="version", version=f"kws {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (on stderr)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("listen", help="microphone -> detections (JSON lines on stdout) -> hooks")
+    _model_options(p, detector=True)
+    p.add_argument("--device", help="input device: index or part of its name (see `kws devices`)")
+    p.add_argument("--input", help="read an audio file, or - for raw 16-bit mono PCM on stdin, instead of a microphone")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("detect", help="stream a file through the detector; print each detection's offset")
+    p.add_argument("file", type=Path)
+    _model_options(p, detector=True)
+    p.add_argument("--json", action="store_true", help="one JSON object per detection")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("classify", help="each file as one clip: top label and class scores")
+    p.add_argument("files", nargs="+", type=Path)
+    _model_options(p, detector=False)
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("devices", help="list input devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("info", help="the model, its settings and the interpreter in use")
+    _model_options(p, detector=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose - args.quiet)
+    try:
+        return args.func(args)
+    except KwsError as error:
+        print(f"kws: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Shared fixtures: paths to the bundled model and to real clips in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KWS_SHARED", ROOT.parent / "shared"))
+TEST_A = SHARED / "data" / "speech_commands_test_a"
+SPEECH_COMMANDS = SHARED / "data" / "speech_commands"
+DEFAULT_MODEL = ROOT / "models" / "kws12.json"
+SAMPLE_RATE_HZ = 16000
+
+# Real test-set clips (speakers never trained on) that the bundled model gets right with
+# a clear margin; used to build streams with known keywords at known times.
+KEYWORD_CLIPS = (
+    ("yes", "yes/0cb74144_nohash_0.flac"),
+    ("stop", "stop/0c40e715_nohash_0.flac"),
+    ("go", "go/0c40e715_nohash_1.flac"),
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not TEST_A.is_dir():
+        pytest.fail(f"{TEST_A} not found: the tests need ../shared beside the checkout (or set KWS_SHARED)")
+    return SHARED / "data"
+
+
+def read_clip(relative: str) -> np.ndarray:
+    audio, rate = sf.read(str(TEST_A / relative), dtype="float32")
+    assert rate == SAMPLE_RATE_HZ
+    return audio
+
+
+def run_kws(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 120):
+    """``kws ARGS`` in a fresh interpreter, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "kws.cli", *args], input=input, capture_output=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def keyword_stream(gap_s: float = 1.5, noise_rms: float = 0.003, seed: int = 0):
+    """Audio with the ``KEYWORD_CLIPS`` words at known times, over quiet noise.
+
+    Returns ``(audio float32, [(word, start_s, end_s), ...])``; starts with ``gap_s`` of noise.
+    """
+    rng = np.random.default_rng(seed)
+    parts, events, position = [], [], 0
+    for word, relative in KEYWORD_CLIPS:
+        gap = np.zeros(int(gap_s * SAMPLE_RATE_HZ), np.float32)
+        clip = read_clip(relative)
+        parts += [gap, clip]
+        position += gap.size
+        events.append((word, position / SAMPLE_RATE_HZ, (position + clip.size) / SAMPLE_RATE_HZ))
+        position += clip.size
+    parts.append(np.zeros(int(gap_s * SAMPLE_RATE_HZ), np.float32))
+    audio = np.concatenate(parts)
+    audio += rng.normal(0, noise_rms, audio.size).astype(np.float32)
+    return np.clip(audio, -1, 1), events

@@ -1,0 +1,127 @@
+"""Model bundles: the bundled model loads; every kind of damage is one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from kws.bundle import load_bundle, sha256_of
+from kws.errors import BundleError
+
+from conftest import DEFAULT_MODEL, run_kws
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    for suffix in (".json", ".tflite"):
+        shutil.copy(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"m{suffix}")
+    return tmp_path
+
+
+def edit_manifest(directory, change) -> None:
+    path = directory / "m.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def replace_tflite(directory, content: bytes) -> None:
+    (directory / "m.tflite").write_bytes(content)
+    edit_manifest(directory, lambda m: m.update(sha256=sha256_of(content)))
+
+
+def test_bundled_model_loads():
+    bundle = load_bundle()
+    assert bundle.name == "kws12"
+    assert bundle.labels[:2] == ("_silence_", "_unknown_")
+    assert bundle.keywords == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+    assert bundle.input.dtype == "int8" and bundle.output.dtype == "int8"
+    assert bundle.input.shape == (1, bundle.window_frames, bundle.features.n_mfcc, 1)
+    assert set(bundle.thresholds) == set(bundle.keywords)
+    assert bundle.size_bytes == DEFAULT_MODEL.with_suffix(".tflite").stat().st_size
+    assert load_bundle(DEFAULT_MODEL.with_suffix(".tflite")).sha256 == bundle.sha256
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(BundleError, match=r"model manifest .*nope.json not found"):
+        load_bundle(tmp_path / "nope.json")
+
+
+def test_missing_tflite(bundle_dir):
+    (bundle_dir / "m.tflite").unlink()
+    with pytest.raises(BundleError, match=r"model file .*m.tflite .* not found"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_hash_mismatch(bundle_dir):
+    content = bytearray((bundle_dir / "m.tflite").read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    (bundle_dir / "m.tflite").write_bytes(bytes(content))
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        load_bundle(bundle_dir / "m.json")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_tflite_with_matching_hash(bundle_dir, damage):
+    content = (bundle_dir / "m.tflite").read_bytes()
+    replace_tflite(bundle_dir, {"truncated": content[: len(content) // 3], "garbage": b"\x00kws" * 999,
+                                "empty": b""}[damage])
+    with pytest.raises(BundleError, match="is not a loadable TFLite model"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_labels_do_not_match_output(bundle_dir):
+    def drop_label(m):
+        m["labels"] = m["labels"][:-1]
+        del m["detector"]["thresholds"]["go"]
+
+    edit_manifest(bundle_dir, drop_label)
+    with pytest.raises(BundleError, match="11 labels but the output has 12 scores"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_feature_settings_the_front_end_cannot_produce(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m["features"].update(fmax_hz=12000.0))
+    with pytest.raises(BundleError, match="fmax_hz.*Nyquist"):
+        load_bundle(bundle_dir / "m.json")
+    edit_manifest(bundle_dir, lambda m: m["features"].update(fmax_hz=7600.0, pcen=True))
+    with pytest.raises(BundleError, match="unknown feature setting.*pcen"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_features_that_do_not_fit_the_input(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m["features"].update(n_mfcc=13))
+    with pytest.raises(BundleError, match="does not fit"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_quantization_differs_from_model(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m["input"].update(scale=m["input"]["scale"] * 2))
+    with pytest.raises(BundleError, match="input quantization"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_invalid_json(bundle_dir):
+    (bundle_dir / "m.json").write_text("{ not json")
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_missing_field_and_bad_threshold(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m.pop("window_frames"))
+    with pytest.raises(BundleError, match="lacks 'window_frames'"):
+        load_bundle(bundle_dir / "m.json")
+    shutil.copy(DEFAULT_MODEL, bundle_dir / "m.json")
+    edit_manifest(bundle_dir, lambda m: m["detector"]["thresholds"].update(yes=3))
+    with pytest.raises(BundleError, match="threshold for 'yes'"):
+        load_bundle(bundle_dir / "m.json")
+
+
+def test_cli_reports_one_line_without_traceback(bundle_dir):
+    replace_tflite(bundle_dir, b"\x00" * 100)
+    result = run_kws("info", "--model", str(bundle_dir / "m.json"))
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kws: error: model file") and "Traceback" not in lines[0]

@@ -1,0 +1,94 @@
+"""Training end to end on a tiny data set: real TensorFlow, one epoch, a bundle the runtime runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kws.bundle import load_bundle
+from training.data import KEYWORDS, scan_speech_commands
+
+from conftest import ROOT, SPEECH_COMMANDS, TEST_A, run_kws
+
+pytest.importorskip("tensorflow", reason="training needs the [train] extra")
+
+UNKNOWN_WORDS = ("bed", "cat")
+
+
+def kws_train(*args: str, timeout: float = 600):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, shared_data):
+    """Speech Commands layout with 4 real clips per word (1 in validation) and generated noise."""
+    root = tmp_path_factory.mktemp("speech_commands")
+    validation = []
+    for word in KEYWORDS + UNKNOWN_WORDS:
+        (root / word).mkdir()
+        for i, path in enumerate(sorted((SPEECH_COMMANDS / word).iterdir())[:4]):
+            shutil.copy(path, root / word / path.name)
+            if i == 0:
+                validation.append(f"{word}/{path.name}")
+    (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
+    (root / "testing_list.txt").write_text("")
+    (root / "_background_noise_").mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(root / "_background_noise_" / "white.wav", (0.3 * rng.standard_normal(80000)).astype(np.float32), 16000)
+    test = tmp_path_factory.mktemp("test_layout")
+    for label in ("yes", "stop", "_unknown_"):
+        (test / label).mkdir()
+        for path in sorted((TEST_A / label).iterdir())[:2]:
+            shutil.copy(path, test / label / path.name)
+    return root, test
+
+
+def test_loader_reads_the_official_layout(tiny_data):
+    root, _ = tiny_data
+    clips = scan_speech_commands(root)
+    assert len(clips) == 4 * 12
+    assert sum(c.split == "validation" for c in clips) == 12
+    assert {c.label() for c in clips if c.word in UNKNOWN_WORDS} == {"_unknown_"}
+
+
+def test_train_quantize_evaluate_export_then_run(tiny_data, tmp_path):
+    root, test = tiny_data
+    run, models = tmp_path / "run", tmp_path / "models"
+    result = kws_train("all", str(run), "--data", str(root), "--epochs", "1", "--clips-per-class", "8",
+                       "--representative", "16", "--test", str(test), "--out", str(models), "--name", "tiny")
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    for name in ("model.keras", "model_int8.tflite", "settings.json", "history.json", "curve.png",
+                 "confusion_validation_int8.png", f"confusion_{test.name}_float.png", "evaluation.json"):
+        assert (run / name).is_file(), name
+    assert "time by stage" in result.stderr.decode()
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation[test.name]["int8"]["clips"] == 6
+    assert 0 <= evaluation["validation"]["float"]["accuracy"] <= 1
+
+    bundle = load_bundle(models / "tiny.json")
+    assert bundle.architecture == "ds-cnn-s" and bundle.parameters > 20000 and bundle.macs > 2_000_000
+    assert bundle.input.dtype == "int8"
+    manifest = json.loads((models / "tiny.json").read_text())
+    assert manifest["metrics"][test.name]["int8"]["clips"] == 6
+    assert manifest["training"]["data"]["root"] == str(root)
+
+    clip = sorted((test / "yes").iterdir())[0]
+    classified = run_kws("classify", "--model", str(models / "tiny.json"), "--json", str(clip))
+    assert classified.returncode == 0, classified.stderr.decode()
+    row = json.loads(classified.stdout)
+    assert row["label"] in bundle.labels and abs(sum(row["scores"].values()) - 1) < 0.05
+    detected = run_kws("detect", "--model", str(models / "tiny.json"), "--json", str(clip))
+    assert detected.returncode == 0, detected.stderr.decode()
+
+
+def test_bad_data_path_is_one_line(tmp_path):
+    result = kws_train("train", str(tmp_path / "run"), "--data", str(tmp_path / "missing"), "--epochs", "1")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines()[-1].startswith("kws-train: error: data set folder")
+    assert "Traceback" not in result.stderr.decode()

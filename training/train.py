@@ -1,0 +1,192 @@
+"""Training a DS-CNN on the 12-class Speech Commands task."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kws.features import FeatureSettings, Mfcc
+from training import data
+from training.augment import AugmentSettings, augment, random_noise_cuts
+from training.timing import StageTimer
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a trained model, besides the data."""
+
+    architecture: str = "ds-cnn-s"
+    """A name from ``training.models.REGISTRY``."""
+    epochs: int = 40
+    batch_size: int = 100
+    learning_rate: float = 0.002
+    """Peak of the cosine schedule."""
+    label_smoothing: float = 0.05
+    clips_per_class: int = 0
+    """Examples of each class per epoch (balanced sampling); 0 = the mean keyword count."""
+    validation_silence: int = 300
+    """Number of fixed ``_silence_`` examples in the validation split."""
+    seed: int = 0
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainSettings":
+        values = dict(values)
+        values["features"] = FeatureSettings(**values.get("features", {}))
+        values["augment"] = AugmentSettings(**values.get("augment", {}))
+        return cls(**values)
+
+
+@dataclass
+class Corpus:
+    """Decoded clips with their label index and split; ``_silence_`` comes from ``noise``."""
+
+    audio: np.ndarray
+    label: np.ndarray
+    split: np.ndarray
+    noise: list
+    labels: tuple = data.LABELS
+
+    def indices(self, split: str, label: int) -> np.ndarray:
+        return np.flatnonzero((self.split == split) & (self.label == label))
+
+
+def load_corpus(root: Path, extra: Sequence[Path] = (), cache_dir: Path | None = None,
+                timer: StageTimer | None = None) -> Corpus:
+    """A Speech Commands root plus extra ``<word>/*`` folders (training split only)."""
+    timer = timer or StageTimer()
+    with timer.stage("scan"):
+        clips = data.scan_speech_commands(root)
+        for folder in extra:
+            extra_clips = data.scan_labelled_folder(folder, split="training")
+            _LOGGER.info("%s: %d extra training clips", folder, len(extra_clips))
+            clips += extra_clips
+        clips = [c for c in clips if c.split != "testing"]
+    with timer.stage("decode audio"):
+        audio = data.decode_clips([c.path for c in clips], cache_dir)
+        noise = data.load_noise(data.noise_files(root))
+    if not noise:
+        _LOGGER.warning("%s has no %s/: _silence_ examples will be digital silence", root, data.NOISE_DIR)
+    label = np.array([data.LABELS.index(c.label()) for c in clips], np.int64)
+    split = np.array([c.split for c in clips])
+    return Corpus(audio, label, split, noise)
+
+
+class EpochMaker:
+    """Balanced, augmented epochs of features."""
+
+    def __init__(self, corpus: Corpus, settings: TrainSettings):
+        self.corpus = corpus
+        self.settings = settings
+        self.mfcc = Mfcc(settings.features)
+        self.silence = corpus.labels.index(data.SILENCE)
+        self.by_class = [corpus.indices("training", k) for k in range(len(corpus.labels))]
+        keyword_counts = [len(self.by_class[corpus.labels.index(w)]) for w in data.KEYWORDS if w in corpus.labels]
+        self.per_class = settings.clips_per_class or int(np.mean(keyword_counts))
+        for k, name in enumerate(corpus.labels):
+            if k != self.silence and len(self.by_class[k]) == 0:
+                raise data.DataError(f"no training clips for '{name}'")
+
+    def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        rows, labels = [], []
+        for k, pool in enumerate(self.by_class):
+            if k == self.silence:
+                rows.append(np.full(self.per_class, -1))
+            else:
+                rows.append(rng.choice(pool, self.per_class, replace=len(pool) < self.per_class))
+            labels.append(np.full(self.per_class, k))
+        rows, labels = np.concatenate(rows), np.concatenate(labels)
+        order = rng.permutation(len(rows))
+        rows, labels = rows[order], labels[order]
+        is_silence = rows < 0
+        audio = self.corpus.audio[np.where(is_silence, 0, rows)]
+        x = augment(audio, is_silence, self.corpus.noise, self.settings.augment,
+                    self.settings.features.sample_rate_hz, rng)
+        return self.mfcc.compute_batch(x), labels
+
+    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fixed validation set: the validation split plus seeded noise cuts as ``_silence_``."""
+        rng = np.random.default_rng(12345)
+        rows = np.flatnonzero(self.corpus.split == "validation")
+        x = self.corpus.audio[rows].astype(np.float32) / 32768.0
+        count = self.settings.validation_silence
+        cuts = random_noise_cuts(self.corpus.noise, count, x.shape[1], rng)
+        cuts *= rng.uniform(0, 1, size=(count, 1)).astype(np.float32)
+        x = np.concatenate([x, cuts])
+        y = np.concatenate([self.corpus.label[rows], np.full(count, self.silence)])
+        return self.mfcc.compute_batch(x), y
+
+
+def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTimer | None = None):
+    """Train, keep the checkpoint with the best validation accuracy; returns the Keras model."""
+    import keras
+
+    from training.models import build_model, count_macs
+    from training.plots import plot_history
+
+    timer = timer or StageTimer()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    maker = EpochMaker(corpus, settings)
+    with timer.stage("features (validation)"):
+        x_val, y_val = maker.validation()
+    frames = settings.features.frames_for(data.CLIP_SAMPLES)
+    model = build_model(settings.architecture, (frames, settings.features.n_mfcc), len(corpus.labels))
+    steps = settings.epochs * int(np.ceil(maker.per_class * len(corpus.labels) / settings.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=settings.learning_rate, warmup_steps=max(1, steps // 20))
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        metrics=["accuracy"],
+    )
+    _LOGGER.info("%s: %d parameters, %d MACs; %d examples per class per epoch",
+                 settings.architecture, model.count_params(), count_macs(model), maker.per_class)
+    n_classes = len(corpus.labels)
+    y_val_1h = np.eye(n_classes, dtype=np.float32)[y_val]
+    best = -1.0
+    history: list[dict] = []
+    with ThreadPoolExecutor(1) as pool:
+        upcoming = pool.submit(maker.epoch, rng)
+        for epoch in range(settings.epochs):
+            with timer.stage("features + augmentation"):
+                x, y = upcoming.result()
+            if epoch + 1 < settings.epochs:
+                upcoming = pool.submit(maker.epoch, rng)
+            with timer.stage("fit"):
+                fit = model.fit(x[..., None], np.eye(n_classes, dtype=np.float32)[y], batch_size=settings.batch_size,
+                                epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+            with timer.stage("validation"):
+                val_loss, val_acc = model.evaluate(x_val[..., None], y_val_1h, batch_size=500, verbose=0)
+            row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
+                   "accuracy": float(fit.history["accuracy"][-1]), "val_loss": float(val_loss),
+                   "val_accuracy": float(val_acc)}
+            history.append(row)
+            marker = ""
+            if val_acc > best:
+                best = val_acc
+                with timer.stage("checkpoint"):
+                    model.save(run_dir / "model.keras.tmp.keras")
+                    os.replace(run_dir / "model.keras.tmp.keras", run_dir / "model.keras")
+                marker = "  (best, saved)"
+            _LOGGER.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f%s", epoch + 1,
+                         settings.epochs, row["loss"], row["accuracy"], val_loss, val_acc, marker)
+            (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    plot_history(history, run_dir / "curve.png")
+    _LOGGER.info("best validation accuracy %.4f", best)
+    return keras.models.load_model(run_dir / "model.keras")

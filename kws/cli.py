@@ -60,8 +60,8 @@ def _flush(spotter, seconds: float) -> list:
     return spotter.feed(np.zeros(samples, np.float32))
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM. Not an ``Exception``, so no ``except Exception`` (e.g. in logging's emit) can swallow it."""
 
 
 def _raise_stop(signum, frame):

@@ -119,16 +119,19 @@ class MicrophoneSource:
     the oldest block is dropped and counted in ``overruns``, so latency cannot grow.
     The device's own rate is used when it cannot do ``sample_rate_hz``; channels
     are averaged to mono; both happen on the consumer side.
+
+    ``device_rate_hz``, when given, opens the device at that rate (mono) instead of
+    the rate chosen by probing; the audio is then resampled to ``sample_rate_hz``.
     """
 
     def __init__(self, device: str | int | None, sample_rate_hz: int, block_ms: float = 20.0,
-                 queue_s: float = 2.0, stall_s: float = 5.0):
+                 queue_s: float = 2.0, stall_s: float = 5.0, device_rate_hz: int | None = None):
         self._sd = _sounddevice()
         self.device = find_input_device(device)
         self.sample_rate_hz = sample_rate_hz
         self.stall_s = stall_s
         self.channels = 1
-        self.device_rate_hz = self._pick_rate()
+        self.device_rate_hz = int(device_rate_hz) if device_rate_hz else self._pick_rate()
         self.block = max(1, int(self.device_rate_hz * block_ms / 1000))
         self._queue: collections.deque = collections.deque(maxlen=max(2, int(queue_s * 1000 / block_ms)))
         self._ready = threading.Event()

@@ -20,6 +20,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="Speech Commands folder (official layout)")
     p.add_argument("--extra", type=Path, action="append", default=None,
                    help="extra <word>/* folder for the training split, e.g. synthetic speech (repeatable)")
+    p.add_argument("--noise", type=Path, action="append", default=None,
+                   help="extra folder of noise recordings for augmentation (repeatable)")
     p.add_argument("--cache", type=Path, default=None, help="folder for decoded-audio caches (default: none)")
     p.add_argument("--config", type=Path, help="TOML file with [data], [train], [features] and [augment] tables")
     p.add_argument("--architecture", help="model architecture: ds-cnn-s, ds-cnn-m or ds-cnn-l")
@@ -57,7 +59,9 @@ def _settings(args: argparse.Namespace):
         raise KwsError("no data set given: pass --data PATH (a Speech Commands folder) or set [data] root in --config")
     extra = args.extra if args.extra is not None else data_values.get("extra", [])
     cache = args.cache or data_values.get("cache_dir")
-    data_settings = DataSettings(Path(root), tuple(Path(p) for p in extra), Path(cache) if cache else None)
+    noise = args.noise if args.noise is not None else data_values.get("noise", [])
+    data_settings = DataSettings(Path(root), tuple(Path(p) for p in extra), Path(cache) if cache else None,
+                                 tuple(Path(p) for p in noise))
     from training.models import REGISTRY
 
     if train_settings.architecture not in REGISTRY:

@@ -44,15 +44,18 @@ class DataSettings:
     """Extra ``<word>/*`` folders added to the training split (e.g. synthetic speech)."""
     cache_dir: Path | None = None
     """Where decoded audio is cached between runs; None = no cache."""
+    noise: tuple[Path, ...] = ()
+    """Extra folders of noise recordings, used with ``_background_noise_``."""
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "extra": [str(p) for p in self.extra],
-                "cache_dir": str(self.cache_dir) if self.cache_dir else None}
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None, "noise": [str(p) for p in self.noise]}
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataSettings":
         return cls(Path(values["root"]), tuple(Path(p) for p in values.get("extra", ())),
-                   Path(values["cache_dir"]) if values.get("cache_dir") else None)
+                   Path(values["cache_dir"]) if values.get("cache_dir") else None,
+                   tuple(Path(p) for p in values.get("noise", ())))
 
 
 class Run:
@@ -93,13 +96,13 @@ class Run:
 
 def step_train(run: Run, train_settings: TrainSettings, data_settings: DataSettings, timer: StageTimer) -> None:
     run.save_settings(train_settings, data_settings)
-    corpus = load_corpus(data_settings.root, data_settings.extra, data_settings.cache_dir, timer)
+    corpus = load_corpus(data_settings, timer)
     train(corpus, train_settings, run.dir, timer)
 
 
 def _corpus(run: Run, timer: StageTimer) -> tuple[TrainSettings, Corpus]:
     train_settings, data_settings = run.load_settings()
-    return train_settings, load_corpus(data_settings.root, data_settings.extra, data_settings.cache_dir, timer)
+    return train_settings, load_corpus(data_settings, timer)
 
 
 def step_quantize(run: Run, timer: StageTimer, representative: int = 500) -> Path:

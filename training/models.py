@@ -55,8 +55,16 @@ def build_model(name: str, input_shape: tuple[int, int], n_classes: int):
         x = layers.ReLU()(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(spec.dropout)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    logits = layers.Dense(n_classes, name="logits")(x)
+    outputs = layers.Softmax(name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=name)
+
+
+def logits_model(model):
+    """The same layers (shared weights), ending before the softmax: what training optimises."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("logits").output, name=f"{model.name}-logits")
 
 
 def count_macs(model) -> int:

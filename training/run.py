@@ -97,7 +97,8 @@ class Run:
 def step_train(run: Run, train_settings: TrainSettings, data_settings: DataSettings, timer: StageTimer) -> None:
     run.save_settings(train_settings, data_settings)
     corpus = load_corpus(data_settings, timer)
-    train(corpus, train_settings, run.dir, timer)
+    target_dir = data_settings.cache_dir / "targets" if data_settings.cache_dir else None
+    train(corpus, train_settings, run.dir, timer, target_dir=target_dir)
 
 
 def _corpus(run: Run, timer: StageTimer) -> tuple[TrainSettings, Corpus]:

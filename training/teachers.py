@@ -11,7 +11,9 @@ never feed a teacher our features.
 - ``arm-s``, ``arm-m``, ``arm-l``: the "Hello Edge" DS-CNN frozen TF1 graphs; they
   compute their own MFCC from the bytes of a 16-bit PCM WAV file.
 - ``attention-rnn``: the attention-RNN, rebuilt in Keras 3 with the weights read
-  from the Keras 2 ``.h5`` file; 80-band log-mel front end standardised per clip.
+  from the Keras 2 ``.h5`` file; 80-band log-mel front end standardised per clip
+  (``attention-rnn-global``: with fixed data-set statistics instead, see
+  ``ATTENTION_GLOBAL_STATS``). It hardly ever says ``_silence_`` for noise.
 
 ``load_teacher("arm-l,attention-rnn")`` gives one teacher or an ``Ensemble``
 (mean of the members' probabilities). The models live in a shared folder:
@@ -234,7 +236,11 @@ class FrozenGraphTeacher(MappedTeacher):
         for tensor in (self.INPUT, self.OUTPUT):
             if tensor.split(":")[0] not in names:
                 raise TeacherError(f"teacher file {self.path} has no tensor {tensor}")
-        session = tf.compat.v1.Session(graph=graph)
+        # Follow the process's TensorFlow threading (tf.config.threading; 0 = TensorFlow's default).
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads())
+        session = tf.compat.v1.Session(graph=graph, config=config)
         _LOGGER.info("%s: loaded %s (%d ops)", self.name, self.path, len(names))
         return session, graph.get_tensor_by_name(self.INPUT), graph.get_tensor_by_name(self.OUTPUT)
 
@@ -256,6 +262,13 @@ ATTENTION_RNN_LABELS = (
 
 ATTENTION_FRAMES = 125
 ATTENTION_MELS = 80
+ATTENTION_GLOBAL_STATS = (-2.6004, 2.8283)
+"""Mean and std of the log-mel over 3,000 of our Speech Commands training clips (seed 7).
+
+The original model standardises with ``reduce_mean``/``reduce_std`` over the whole
+input tensor, i.e. over the training *batch*, so in training each clip was scaled
+by (roughly) data-set statistics; ``standardise="global"`` uses these fixed ones.
+"""
 
 
 def build_attention_rnn():
@@ -337,15 +350,22 @@ class AttentionRnnTeacher(MappedTeacher):
     native_labels = ATTENTION_RNN_LABELS
     batch_size = 128
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, standardise: str = "clip"):
+        if standardise not in ("clip", "global"):
+            raise TeacherError(f"standardise must be 'clip' or 'global', not {standardise!r}")
         super().__init__()
         self.name = name
         self.path = _require_file(path)
+        self.standardise = standardise
         self._model = None
         self._mel = None
 
     def features(self, audio: np.ndarray) -> np.ndarray:
-        """``(n, 125, 80)``: |STFT| (1024/128, Hann, pad_end) -> 80 mel 40-8000 Hz -> log -> per-clip z-score."""
+        """``(n, 125, 80)``: |STFT| (1024/128, Hann, pad_end) -> 80 mel 40-8000 Hz -> log -> z-score.
+
+        The z-score uses each clip's own mean and std (``standardise="clip"``) or
+        ``ATTENTION_GLOBAL_STATS`` (``"global"``).
+        """
         import tensorflow as tf
 
         if self._mel is None:
@@ -353,8 +373,11 @@ class AttentionRnnTeacher(MappedTeacher):
         stft = tf.signal.stft(tf.constant(audio), frame_length=1024, frame_step=128, fft_length=1024,
                               window_fn=tf.signal.hann_window, pad_end=True)
         log_mel = tf.math.log(tf.tensordot(tf.abs(stft), self._mel, 1) + 1e-6)
-        mean = tf.reduce_mean(log_mel, axis=[1, 2], keepdims=True)
-        std = tf.math.reduce_std(log_mel, axis=[1, 2], keepdims=True)
+        if self.standardise == "global":
+            mean, std = ATTENTION_GLOBAL_STATS
+        else:
+            mean = tf.reduce_mean(log_mel, axis=[1, 2], keepdims=True)
+            std = tf.math.reduce_std(log_mel, axis=[1, 2], keepdims=True)
         return ((log_mel - mean) / std).numpy()
 
     def _load(self):
@@ -408,18 +431,56 @@ REGISTRY: dict[str, Callable[[Path], Teacher]] = {
     "arm-m": _arm("M"),
     "arm-l": _arm("L"),
     "attention-rnn": lambda root: AttentionRnnTeacher("attention-rnn", root / "attention_rnn" / "model-attRNN.h5"),
+    "attention-rnn-global": lambda root: AttentionRnnTeacher(
+        "attention-rnn-global", root / "attention_rnn" / "model-attRNN.h5", standardise="global"),
 }
 """Teacher name -> factory taking the teachers folder."""
 
 
+class RunTeacher:
+    """A model trained by ``kws-train`` (e.g. a DS-CNN-L), fed our own features: ``run:PATH``."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.name = f"run:{self.run_dir}"
+        for name in ("model.keras", "settings.json"):
+            if not (self.run_dir / name).is_file():
+                raise TeacherError(f"teacher run {self.run_dir} has no {name}: train it with kws-train train first")
+        self._model = None
+
+    def predict(self, audio: np.ndarray) -> np.ndarray:
+        import json
+
+        import keras
+
+        from kws.features import FeatureSettings, Mfcc
+
+        audio = as_clips(audio)
+        if self._model is None:
+            settings = json.loads((self.run_dir / "settings.json").read_text())
+            self._mfcc = Mfcc(FeatureSettings(**settings["train"]["features"]))
+            labels = settings.get("labels", list(LABELS))
+            self._mapping = label_mapping(labels)
+            self._model = keras.models.load_model(self.run_dir / "model.keras")
+        out = []
+        for start in range(0, len(audio), 1000):
+            features = self._mfcc.compute_batch(audio[start : start + 1000])
+            out.append(self._model.predict(features[..., None], batch_size=500, verbose=0) @ self._mapping)
+        return _normalise_rows(np.concatenate(out).astype(np.float64))
+
+
+RUN_PREFIX = "run:"
+
+
 def load_teacher(spec: str, root: str | Path | None = None) -> Teacher:
-    """A teacher by name, or an equal-weight ``Ensemble`` of a comma-separated list of names."""
+    """A teacher by name or ``run:PATH``, or an equal-weight ``Ensemble`` of a comma-separated list."""
     names = [part.strip() for part in str(spec).split(",") if part.strip()]
     if not names:
-        raise TeacherError(f"no teacher named in {spec!r}: choose from {', '.join(REGISTRY)}")
+        raise TeacherError(f"no teacher named in {spec!r}: choose from {', '.join(REGISTRY)} or run:PATH")
     for name in names:
-        if name not in REGISTRY:
-            raise TeacherError(f"unknown teacher '{name}': choose from {', '.join(REGISTRY)}")
+        if name not in REGISTRY and not name.startswith(RUN_PREFIX):
+            raise TeacherError(f"unknown teacher '{name}': choose from {', '.join(REGISTRY)} or run:PATH")
     folder = teachers_root(root)
-    teachers = [REGISTRY[name](folder) for name in names]
+    teachers = [RunTeacher(Path(name[len(RUN_PREFIX):])) if name.startswith(RUN_PREFIX) else REGISTRY[name](folder)
+                for name in names]
     return teachers[0] if len(teachers) == 1 else Ensemble(teachers)

@@ -15,6 +15,7 @@ import numpy as np
 
 from kws.features import FeatureSettings, Mfcc
 from training import data
+from training.distill import DistillSettings, soften
 from training.augment import AugmentSettings, augment, random_noise_cuts, silence_levels
 from training.timing import StageTimer
 
@@ -39,6 +40,7 @@ class TrainSettings:
     seed: int = 0
     features: FeatureSettings = field(default_factory=FeatureSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,6 +50,7 @@ class TrainSettings:
         values = dict(values)
         values["features"] = FeatureSettings(**values.get("features", {}))
         values["augment"] = AugmentSettings(**values.get("augment", {}))
+        values["distill"] = DistillSettings(**values.get("distill", {}))
         return cls(**values)
 
 
@@ -108,7 +111,8 @@ class EpochMaker:
             if k != self.silence and len(self.by_class[k]) == 0:
                 raise data.DataError(f"no training clips for '{name}'")
 
-    def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One balanced, shuffled, augmented epoch: float32 audio ``(n, samples)`` and label indices."""
         rows, labels = [], []
         for k, pool in enumerate(self.by_class):
             if k == self.silence:
@@ -123,9 +127,14 @@ class EpochMaker:
         audio = self.corpus.audio[np.where(is_silence, 0, rows)]
         x = augment(audio, is_silence, self.corpus.noise, self.settings.augment,
                     self.settings.features.sample_rate_hz, rng)
-        return self.mfcc.compute_batch(x), labels
+        return x, labels
 
-    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+    def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One epoch as features ``(n, frames, coefficients)`` and label indices."""
+        audio, labels = self.epoch_audio(rng)
+        return self.mfcc.compute_batch(audio), labels
+
+    def validation_audio(self) -> tuple[np.ndarray, np.ndarray]:
         """Fixed validation set: the validation split plus seeded noise cuts as ``_silence_``."""
         rng = np.random.default_rng(12345)
         rows = np.flatnonzero(self.corpus.split == "validation")
@@ -135,54 +144,106 @@ class EpochMaker:
         cuts *= silence_levels(count, self.settings.augment, rng)[:, None]
         x = np.concatenate([x, cuts])
         y = np.concatenate([self.corpus.label[rows], np.full(count, self.silence)])
-        return self.mfcc.compute_batch(x), y
+        return x, y
+
+    def validation(self) -> tuple[np.ndarray, np.ndarray]:
+        audio, labels = self.validation_audio()
+        return self.mfcc.compute_batch(audio), labels
 
 
-def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTimer | None = None):
-    """Train, keep the checkpoint with the best validation accuracy; returns the Keras model."""
+def make_loss(n_classes: int, label_smoothing: float, distill: DistillSettings):
+    """Loss on logits; ``y_true`` holds one-hot labels, then (when distilling) softened teacher targets."""
+    import keras
+    from keras import ops
+
+    temperature = distill.temperature
+    hard_weight, soft_weight = (distill.hard_weight, distill.soft_weight) if distill.enabled else (1.0, 0.0)
+
+    def loss(y_true, logits):
+        hard = keras.losses.categorical_crossentropy(
+            y_true[:, :n_classes], logits, from_logits=True, label_smoothing=label_smoothing)
+        if soft_weight == 0:
+            return hard
+        soft = keras.losses.categorical_crossentropy(y_true[:, n_classes:], logits / temperature, from_logits=True)
+        return hard_weight * hard + soft_weight * temperature**2 * soft
+
+    def accuracy(y_true, logits):
+        return ops.cast(ops.equal(ops.argmax(y_true[:, :n_classes], axis=1), ops.argmax(logits, axis=1)), "float32")
+
+    return loss, accuracy
+
+
+class FreshEpochs:
+    """Plain training: a new augmented epoch each time, from one seeded generator."""
+
+    def __init__(self, maker: EpochMaker, seed: int):
+        self.maker = maker
+        self.rng = np.random.default_rng(seed)
+
+    def get(self, epoch: int, timer=None):
+        features, labels = self.maker.epoch(self.rng)
+        return features, labels, None
+
+
+def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTimer | None = None,
+          target_dir: Path | None = None, teacher=None):
+    """Train, keep the checkpoint with the best validation accuracy; returns the Keras model.
+
+    With ``settings.distill`` enabled, soft targets come from a ``TargetCache`` in
+    ``target_dir`` (default ``run_dir/targets``); ``teacher`` overrides loading it by name.
+    """
     import keras
 
-    from training.models import build_model, count_macs
+    from training.models import build_model, count_macs, logits_model
     from training.plots import plot_history
 
     timer = timer or StageTimer()
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     maker = EpochMaker(corpus, settings)
     with timer.stage("features (validation)"):
         x_val, y_val = maker.validation()
+    if settings.distill.enabled:
+        from training.distill import TargetCache
+
+        source = TargetCache(maker, settings, target_dir or run_dir / "targets", teacher)
+        _LOGGER.info("distilling from %s (T=%g, hard %g, soft %g); targets in %s", settings.distill.teacher,
+                     settings.distill.temperature, settings.distill.hard_weight, settings.distill.soft_weight,
+                     source.dir)
+    else:
+        source = FreshEpochs(maker, settings.seed)
+    n_classes = len(corpus.labels)
     frames = settings.features.frames_for(data.CLIP_SAMPLES)
-    model = build_model(settings.architecture, (frames, settings.features.n_mfcc), len(corpus.labels))
-    steps = settings.epochs * int(np.ceil(maker.per_class * len(corpus.labels) / settings.batch_size))
+    model = build_model(settings.architecture, (frames, settings.features.n_mfcc), n_classes)
+    trainable = logits_model(model)
+    steps = settings.epochs * int(np.ceil(maker.per_class * n_classes / settings.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=settings.learning_rate, warmup_steps=max(1, steps // 20))
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
-        metrics=["accuracy"],
-    )
+    loss, accuracy = make_loss(n_classes, settings.label_smoothing, settings.distill)
+    trainable.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy])
     _LOGGER.info("%s: %d parameters, %d MACs; %d examples per class per epoch",
                  settings.architecture, model.count_params(), count_macs(model), maker.per_class)
-    n_classes = len(corpus.labels)
-    y_val_1h = np.eye(n_classes, dtype=np.float32)[y_val]
+    eye = np.eye(n_classes, dtype=np.float32)
     best = -1.0
     history: list[dict] = []
     with ThreadPoolExecutor(1) as pool:
-        upcoming = pool.submit(maker.epoch, rng)
+        upcoming = pool.submit(source.get, 0, timer)
         for epoch in range(settings.epochs):
             with timer.stage("features + augmentation"):
-                x, y = upcoming.result()
+                x, y, targets = upcoming.result()
             if epoch + 1 < settings.epochs:
-                upcoming = pool.submit(maker.epoch, rng)
+                upcoming = pool.submit(source.get, epoch + 1, timer)
+            y_true = eye[y] if targets is None else np.concatenate(
+                [eye[y], soften(targets, settings.distill.temperature)], axis=1)
             with timer.stage("fit"):
-                fit = model.fit(x[..., None], np.eye(n_classes, dtype=np.float32)[y], batch_size=settings.batch_size,
-                                epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+                fit = trainable.fit(x[..., None], y_true, batch_size=settings.batch_size,
+                                    epochs=epoch + 1, initial_epoch=epoch, verbose=0)
             with timer.stage("validation"):
-                val_loss, val_acc = model.evaluate(x_val[..., None], y_val_1h, batch_size=500, verbose=0)
+                probabilities = model.predict(x_val[..., None], batch_size=500, verbose=0)
+                val_acc = float(np.mean(probabilities.argmax(axis=1) == y_val))
+                val_loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y_val)), y_val], 1e-7, 1))))
             row = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-                   "accuracy": float(fit.history["accuracy"][-1]), "val_loss": float(val_loss),
-                   "val_accuracy": float(val_acc)}
+                   "accuracy": float(fit.history["accuracy"][-1]), "val_loss": val_loss, "val_accuracy": val_acc}
             history.append(row)
             marker = ""
             if val_acc > best:

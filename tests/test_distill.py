@@ -1,0 +1,113 @@
+"""Distillation and teacher plumbing on tiny data: soft targets, the target cache, the student loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.distill import DistillSettings, TargetCache, soften
+from training.run import DataSettings
+from training.train import EpochMaker, TrainSettings, load_corpus, train
+
+from conftest import ROOT
+from test_training import kws_train
+
+pytest.importorskip("tensorflow", reason="training needs the [train] extra")
+
+
+class CountingTeacher:
+    """A small fake passed in through the constructor: always says ``label``, counts its calls."""
+
+    def __init__(self, label: int, n_classes: int = 12):
+        self.name = f"always-{label}"
+        self.label, self.n_classes, self.calls = label, n_classes, 0
+
+    def predict(self, audio):
+        self.calls += 1
+        out = np.full((len(audio), self.n_classes), 0.01 / (self.n_classes - 1), np.float32)
+        out[:, self.label] = 0.99
+        return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_data):
+    root, _ = tiny_data
+    return load_corpus(DataSettings(root))
+
+
+def test_soften():
+    p = np.array([[0.7, 0.2, 0.1]], np.float32)
+    assert np.allclose(soften(p, 1.0), p, atol=1e-6)
+    hot = soften(p, 4.0)
+    assert np.isclose(hot.sum(), 1) and hot[0, 0] < 0.7 and hot[0, 2] > 0.1
+    assert np.allclose(hot, np.array([[0.7, 0.2, 0.1]]) ** 0.25 / np.sum(np.array([0.7, 0.2, 0.1]) ** 0.25))
+
+
+def test_target_cache_computes_each_augmented_epoch_once(corpus, tmp_path):
+    settings = TrainSettings(clips_per_class=5, distill=DistillSettings(teacher="fake", cached_epochs=2))
+    teacher = CountingTeacher(3)
+    cache = TargetCache(EpochMaker(corpus, settings), settings, tmp_path, teacher)
+    first = cache.get(0)
+    assert teacher.calls == 1
+    features, labels, targets = first
+    assert features.shape == (60, 49, 10) and labels.shape == (60,) and targets.shape == (60, 12)
+    again = cache.get(2)  # epoch 2 cycles back to cached epoch 0
+    assert teacher.calls == 1
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    other = cache.get(1)
+    assert teacher.calls == 2 and not np.array_equal(other[0], first[0])
+    # a fresh cache over the same folder reads what is on disk
+    fresh = TargetCache(EpochMaker(corpus, settings), settings, tmp_path, CountingTeacher(3))
+    assert np.array_equal(fresh.get(1)[0], other[0]) and fresh.teacher.calls == 0
+    # another teacher is another key
+    changed = TrainSettings(clips_per_class=5, distill=DistillSettings(teacher="other", cached_epochs=2))
+    assert TargetCache(EpochMaker(corpus, changed), changed, tmp_path, teacher).dir != cache.dir
+
+
+def test_student_follows_the_teacher_when_only_soft_targets_count(corpus, tmp_path):
+    """With hard_weight 0, a teacher that always says 'stop' makes the student say 'stop'."""
+    stop = 10
+    settings = TrainSettings(epochs=6, clips_per_class=8, batch_size=16, learning_rate=0.01, label_smoothing=0.0,
+                             distill=DistillSettings(teacher="fake", hard_weight=0.0, soft_weight=1.0,
+                                                     temperature=1.0, cached_epochs=2))
+    model = train(corpus, settings, tmp_path / "run", target_dir=tmp_path / "targets", teacher=CountingTeacher(stop))
+    x_val, _ = EpochMaker(corpus, settings).validation()
+
+    def share_of_stop(model) -> float:
+        # batch statistics: a few dozen steps are too few for BatchNorm's moving averages
+        return float(np.mean(np.asarray(model(x_val[..., None], training=True)).argmax(axis=1) == stop))
+
+    assert share_of_stop(model) > 0.9
+    # and without distillation the same run does not collapse onto one class
+    plain = TrainSettings(epochs=6, clips_per_class=8, batch_size=16, learning_rate=0.01, label_smoothing=0.0)
+    assert share_of_stop(train(corpus, plain, tmp_path / "plain")) < 0.5
+
+
+def test_cli_distils_from_a_real_teacher(tiny_data, tmp_path):
+    root, _ = tiny_data
+    run = tmp_path / "run"
+    result = kws_train("train", str(run), "--data", str(root), "--cache", str(tmp_path / "cache"), "--epochs", "2",
+                       "--clips-per-class", "6", "--teacher", "mlperf", "--cached-epochs", "1", "--temperature", "3")
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["train"]["distill"]["teacher"] == "mlperf"
+    assert settings["train"]["distill"]["temperature"] == 3.0
+    cached = list((tmp_path / "cache" / "targets").glob("*/epoch_000.npz"))
+    assert len(cached) == 1
+    with np.load(cached[0]) as stored:
+        targets = stored["targets"]
+        assert targets.shape == (72, 12) and np.allclose(targets.sum(axis=1), 1, atol=1e-4)
+    assert "teacher targets" in result.stderr.decode()
+
+
+def test_cli_measures_teachers_and_rejects_unknown_ones(tiny_data, tmp_path):
+    root, _ = tiny_data
+    result = kws_train("teachers", "mlperf", "--data", str(root))
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert "mlperf on validation" in result.stdout.decode() and "accuracy" in result.stdout.decode()
+    bad = kws_train("train", str(tmp_path / "r"), "--data", str(root), "--teacher", "socrates")
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip().splitlines()[-1].startswith("kws-train: error: unknown teacher 'socrates'")

@@ -1,0 +1,119 @@
+"""Distillation: teacher soft targets, computed once per augmented clip and cached.
+
+The student's loss is ``hard_weight * CE(labels, student) + soft_weight * T^2 *
+CE(teacher_T, student_T)``, where ``_T`` means softened at temperature ``T``
+(teacher probabilities ``p`` become ``p^(1/T)``, renormalised; student logits
+are divided by ``T``).
+
+Teachers are slow (several ms per clip for an ensemble), so ``TargetCache``
+renders ``cached_epochs`` augmented epochs once, each with its features, labels
+and the teacher's probabilities, and stores them under a key of everything that
+decides them. Student epochs cycle through the cache; a second student with
+other loss weights, temperature or architecture reuses it for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Knowledge distillation from a teacher (or an ensemble) into the student."""
+
+    teacher: str = ""
+    """Teacher spec for ``training.teachers.load_teacher``: a name, ``run:PATH``, or a comma-separated
+    list (an equal-weight ensemble). Empty = no distillation."""
+    temperature: float = 2.0
+    """Softening of teacher and student distributions in the soft loss."""
+    hard_weight: float = 0.5
+    """Weight of cross-entropy with the true labels."""
+    soft_weight: float = 0.5
+    """Weight of cross-entropy with the teacher's softened targets (scaled by T^2)."""
+    cached_epochs: int = 20
+    """Distinct augmented epochs rendered with teacher targets; student epochs cycle through them."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.hard_weight < 0 or self.soft_weight < 0 or self.cached_epochs < 1:
+            raise ValueError("distill: temperature > 0, weights >= 0 and cached_epochs >= 1 are required")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.teacher) and self.soft_weight > 0
+
+
+def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``p^(1/T)``, renormalised: the softmax of ``log p / T``."""
+    logp = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def corpus_fingerprint(corpus) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(corpus.label).tobytes())
+    digest.update(np.ascontiguousarray(corpus.audio[:, ::251]).tobytes())
+    digest.update(repr([(len(n), float(n[:1000].sum())) for n in corpus.noise]).encode())
+    return digest.hexdigest()[:16]
+
+
+class TargetCache:
+    """Augmented epochs with teacher targets, on disk: ``DIR/<key>/epoch_NNN.npz``."""
+
+    def __init__(self, maker, settings, directory: Path, teacher=None):
+        """``maker`` is an ``EpochMaker``; ``settings`` the ``TrainSettings`` (with ``distill``)."""
+        self.maker = maker
+        self.settings = settings
+        self.distill: DistillSettings = settings.distill
+        self._teacher = teacher
+        key = {
+            "teacher": self.distill.teacher, "features": settings.features.to_dict(),
+            "augment": dataclasses.asdict(settings.augment), "per_class": maker.per_class, "seed": settings.seed,
+            "corpus": corpus_fingerprint(maker.corpus), "format": 1,
+        }
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(directory) / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+
+    @property
+    def teacher(self):
+        if self._teacher is None:
+            from training.teachers import load_teacher
+
+            self._teacher = load_teacher(self.distill.teacher)
+        return self._teacher
+
+    def path(self, index: int) -> Path:
+        return self.dir / f"epoch_{index % self.distill.cached_epochs:03d}.npz"
+
+    def get(self, epoch: int, timer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, label indices and teacher probabilities of student epoch ``epoch``."""
+        path = self.path(epoch)
+        if not path.is_file():
+            index = epoch % self.distill.cached_epochs
+            rng = np.random.default_rng([self.settings.seed, index])
+            audio, labels = self.maker.epoch_audio(rng)
+            features = self.maker.mfcc.compute_batch(audio)
+            _LOGGER.info("teacher %s: targets for cached epoch %d (%d clips)", self.distill.teacher, index, len(audio))
+            if timer is not None:
+                with timer.stage("teacher targets"):
+                    targets = self.teacher.predict(audio)
+            else:
+                targets = self.teacher.predict(audio)
+            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            np.savez(tmp, features=features, labels=labels, targets=targets.astype(np.float32))
+            os.replace(tmp, path)
+        with np.load(path) as stored:
+            return stored["features"], stored["labels"], stored["targets"]

@@ -8,6 +8,7 @@ path and never at daemon start-up.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,12 @@ def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, 
     except ImportError:
         raise AudioError(f"cannot read audio file {path}: {first_error}") from None
     try:
-        audio, rate = librosa.load(str(path), sr=None, mono=True)
+        with warnings.catch_warnings():  # its fallback chatter; the outcome is reported below
+            warnings.simplefilter("ignore")
+            audio, rate = librosa.load(str(path), sr=None, mono=True)
     except Exception as error:  # librosa surfaces decoder errors of many types
-        raise AudioError(
-            f"cannot read audio file {path}: {first_error}; librosa could not decode it either ({error})"
-        ) from None
+        reason = str(error).strip() or type(error).__name__
+        raise AudioError(f"cannot read audio file {path}: {first_error} (nor could librosa: {reason})") from None
     if audio.size == 0:
         raise AudioError(f"audio file {path} holds no samples")
     return audio[:, None], int(rate)

@@ -23,9 +23,10 @@ SAMPLE_RATE_HZ = 16000
 # Real test-set clips (speakers never trained on) that the bundled model gets right with
 # a clear margin; used to build streams with known keywords at known times.
 KEYWORD_CLIPS = (
-    ("yes", "yes/0cb74144_nohash_0.flac"),
-    ("stop", "stop/0c40e715_nohash_0.flac"),
-    ("go", "go/0c40e715_nohash_1.flac"),
+    ("yes", "yes/0cb74144_nohash_2.flac"),
+    ("stop", "stop/0cb74144_nohash_1.flac"),
+    ("off", "off/0cb74144_nohash_0.flac"),
+    ("go", "go/0cb74144_nohash_2.flac"),
 )
 
 

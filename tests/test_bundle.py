@@ -17,6 +17,7 @@ from conftest import DEFAULT_MODEL, run_kws
 def bundle_dir(tmp_path):
     for suffix in (".json", ".tflite"):
         shutil.copy(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"m{suffix}")
+    edit_manifest(tmp_path, lambda m: m.update(tflite="m.tflite"))
     return tmp_path
 
 
@@ -114,6 +115,7 @@ def test_missing_field_and_bad_threshold(bundle_dir):
     with pytest.raises(BundleError, match="lacks 'window_frames'"):
         load_bundle(bundle_dir / "m.json")
     shutil.copy(DEFAULT_MODEL, bundle_dir / "m.json")
+    edit_manifest(bundle_dir, lambda m: m.update(tflite="m.tflite"))
     edit_manifest(bundle_dir, lambda m: m["detector"]["thresholds"].update(yes=3))
     with pytest.raises(BundleError, match="threshold for 'yes'"):
         load_bundle(bundle_dir / "m.json")

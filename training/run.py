@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -112,7 +113,9 @@ def step_quantize(run: Run, timer: StageTimer, representative: int = 500) -> Pat
     train_settings, corpus = _corpus(run, timer)
     model = run.load_keras()
     with timer.stage("features (representative)"):
-        windows, _ = EpochMaker(corpus, train_settings).epoch(np.random.default_rng(train_settings.seed + 1))
+        per_class = max(1, -(-representative // len(corpus.labels)))
+        maker = EpochMaker(corpus, dataclasses.replace(train_settings, clips_per_class=per_class))
+        windows, _ = maker.epoch(np.random.default_rng(train_settings.seed + 1))
         windows = windows[:representative]
     with timer.stage("quantize"):
         content = quantize_int8(model, windows)

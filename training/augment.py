@@ -25,12 +25,29 @@ class AugmentSettings:
     """Signal-to-noise ratio of the mixed noise, uniform in this range."""
     silence_rms: tuple[float, float] = (1e-4, 0.3)
     """``_silence_`` examples are noise cuts at an RMS log-uniform in this range (full scale = 1)."""
+    speed_probability: float = 0.0
+    """Share of word clips played faster or slower (pitch moves with speed, as a tape would)."""
+    speed_range: tuple[float, float] = (0.85, 1.15)
+    """Speed factor, uniform in this range."""
+    reverb_probability: float = 0.0
+    """Share of word clips convolved with a room impulse response (needs ``[data] rir`` folders)."""
+    time_masks: int = 0
+    """SpecAugment: number of time masks per example (rows of the feature window set to their mean)."""
+    time_mask_frames: int = 0
+    """SpecAugment: widest time mask, in frames."""
+    frequency_masks: int = 0
+    """SpecAugment: number of coefficient masks per example."""
+    frequency_mask_bins: int = 0
+    """SpecAugment: widest coefficient mask."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "noise_snr_db", tuple(float(x) for x in self.noise_snr_db))
-        object.__setattr__(self, "silence_rms", tuple(float(x) for x in self.silence_rms))
-        if len(self.noise_snr_db) != 2 or len(self.silence_rms) != 2 or not 0 < self.silence_rms[0] <= self.silence_rms[1]:
-            raise ValueError("noise_snr_db and silence_rms are [low, high] pairs (silence_rms > 0)")
+        for name in ("noise_snr_db", "silence_rms", "speed_range"):
+            value = tuple(float(x) for x in getattr(self, name))
+            if len(value) != 2 or value[0] > value[1]:
+                raise ValueError(f"augment {name} must be a [low, high] pair")
+            object.__setattr__(self, name, value)
+        if not self.silence_rms[0] > 0 or not self.speed_range[0] > 0:
+            raise ValueError("augment silence_rms and speed_range must be positive")
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -71,6 +88,62 @@ def time_shift(audio: np.ndarray, max_shift: int, rng: np.random.Generator) -> n
     return out
 
 
+def change_speed(audio: np.ndarray, chosen: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Rows in ``chosen`` played ``factor`` times faster (linear interpolation), centred, zero-padded."""
+    out = audio.copy()
+    n = audio.shape[1]
+    positions = np.arange(n, dtype=np.float64)
+    for i in np.flatnonzero(chosen):
+        length = int(n / factors[i])
+        sped = np.interp(np.arange(length) * factors[i], positions, audio[i]).astype(np.float32)
+        if length >= n:
+            start = (length - n) // 2
+            out[i] = sped[start : start + n]
+        else:
+            start = (n - length) // 2
+            out[i] = 0
+            out[i, start : start + length] = sped
+    return out
+
+
+def add_reverb(audio: np.ndarray, chosen: np.ndarray, responses: Sequence[np.ndarray],
+               rng: np.random.Generator) -> np.ndarray:
+    """Rows in ``chosen`` convolved with a random room impulse response, loudness kept."""
+    from scipy.signal import fftconvolve
+
+    out = audio.copy()
+    if not responses:
+        return out
+    for i in np.flatnonzero(chosen):
+        response = responses[int(rng.integers(len(responses)))]
+        peak = int(np.argmax(np.abs(response)))  # keep the direct sound where it was
+        wet = fftconvolve(audio[i], response)[peak : peak + audio.shape[1]]
+        out[i] = wet * (_rms(audio[i]) / _rms(wet))
+    return out
+
+
+def spec_augment(features: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment-style masks on ``(n, frames, coefficients)`` features: masked cells get the example's mean."""
+    if not (settings.time_masks and settings.time_mask_frames) and not (
+            settings.frequency_masks and settings.frequency_mask_bins):
+        return features
+    out = features.copy()
+    n, frames, bins = features.shape
+    means = features.mean(axis=(1, 2))
+    for axis, count, widest in ((1, settings.time_masks, settings.time_mask_frames),
+                                (2, settings.frequency_masks, settings.frequency_mask_bins)):
+        size = frames if axis == 1 else bins
+        for _ in range(count if widest else 0):
+            width = rng.integers(0, widest + 1, size=n)
+            start = rng.integers(0, np.maximum(size - width, 0) + 1)
+            for i in np.flatnonzero(width):
+                if axis == 1:
+                    out[i, start[i] : start[i] + width[i], :] = means[i]
+                else:
+                    out[i, :, start[i] : start[i] + width[i]] = means[i]
+    return out
+
+
 def augment(
     audio: np.ndarray,
     is_silence: np.ndarray,
@@ -78,9 +151,19 @@ def augment(
     settings: AugmentSettings,
     sample_rate_hz: int,
     rng: np.random.Generator,
+    responses: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
-    """Augmented float32 copies of int16 ``audio`` (n x samples); silence rows become pure noise."""
+    """Augmented float32 copies of int16 ``audio`` (n x samples); silence rows become pure noise.
+
+    Order: speed, reverb, time shift, noise. Parts with probability 0 are skipped.
+    """
     x = audio.astype(np.float32) / 32768.0
+    words = ~is_silence
+    if settings.speed_probability > 0:
+        chosen = words & (rng.random(len(x)) < settings.speed_probability)
+        x = change_speed(x, chosen, rng.uniform(*settings.speed_range, size=len(x)))
+    if settings.reverb_probability > 0 and responses:
+        x = add_reverb(x, words & (rng.random(len(x)) < settings.reverb_probability), responses, rng)
     x = time_shift(x, int(settings.time_shift_ms * sample_rate_hz / 1000), rng)
     cuts = random_noise_cuts(noise, len(x), x.shape[1], rng)
     snr_db = rng.uniform(*settings.noise_snr_db, size=len(x))

@@ -22,6 +22,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="extra <word>/* folder for the training split, e.g. synthetic speech (repeatable)")
     p.add_argument("--noise", type=Path, action="append", default=None,
                    help="extra folder of noise recordings for augmentation (repeatable)")
+    p.add_argument("--rir", type=Path, action="append", default=None,
+                   help="folder of room impulse responses for the reverb augmentation (repeatable)")
     p.add_argument("--cache", type=Path, default=None, help="folder for decoded-audio caches (default: none)")
     p.add_argument("--config", type=Path, help="TOML file with [data], [train], [features] and [augment] tables")
     p.add_argument("--architecture", help="model architecture: ds-cnn-s, ds-cnn-m or ds-cnn-l")
@@ -74,8 +76,9 @@ def _settings(args: argparse.Namespace):
     extra = args.extra if args.extra is not None else data_values.get("extra", [])
     cache = args.cache or data_values.get("cache_dir")
     noise = args.noise if args.noise is not None else data_values.get("noise", [])
+    rir = args.rir if args.rir is not None else data_values.get("rir", [])
     data_settings = DataSettings(Path(root), tuple(Path(p) for p in extra), Path(cache) if cache else None,
-                                 tuple(Path(p) for p in noise))
+                                 tuple(Path(p) for p in noise), tuple(Path(p) for p in rir))
     from training.models import REGISTRY
 
     if train_settings.architecture not in REGISTRY:

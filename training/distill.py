@@ -65,6 +65,8 @@ def corpus_fingerprint(corpus) -> str:
     digest.update(np.ascontiguousarray(corpus.label).tobytes())
     digest.update(np.ascontiguousarray(corpus.audio[:, ::251]).tobytes())
     digest.update(repr([(len(n), float(n[:1000].sum())) for n in corpus.noise]).encode())
+    if corpus.responses:  # (absent from keys made before reverb existed, so those caches stay valid)
+        digest.update(repr([(len(r), float(r[:1000].sum())) for r in corpus.responses]).encode())
     return digest.hexdigest()[:16]
 
 

@@ -47,16 +47,19 @@ class DataSettings:
     """Where decoded audio is cached between runs; None = no cache."""
     noise: tuple[Path, ...] = ()
     """Extra folders of noise recordings, used with ``_background_noise_``."""
+    rir: tuple[Path, ...] = ()
+    """Folders of room impulse responses, for the reverb augmentation."""
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "extra": [str(p) for p in self.extra],
-                "cache_dir": str(self.cache_dir) if self.cache_dir else None, "noise": [str(p) for p in self.noise]}
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None, "noise": [str(p) for p in self.noise],
+                "rir": [str(p) for p in self.rir]}
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataSettings":
         return cls(Path(values["root"]), tuple(Path(p) for p in values.get("extra", ())),
                    Path(values["cache_dir"]) if values.get("cache_dir") else None,
-                   tuple(Path(p) for p in values.get("noise", ())))
+                   tuple(Path(p) for p in values.get("noise", ())), tuple(Path(p) for p in values.get("rir", ())))
 
 
 class Run:

@@ -16,7 +16,7 @@ import numpy as np
 from kws.features import FeatureSettings, Mfcc
 from training import data
 from training.distill import DistillSettings, soften
-from training.augment import AugmentSettings, augment, random_noise_cuts, silence_levels
+from training.augment import AugmentSettings, augment, random_noise_cuts, silence_levels, spec_augment
 from training.timing import StageTimer
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class Corpus:
     split: np.ndarray
     noise: list
     labels: tuple = data.LABELS
+    responses: list = dataclasses.field(default_factory=list)
+    """Room impulse responses for reverberation."""
 
     def indices(self, split: str, label: int) -> np.ndarray:
         return np.flatnonzero((self.split == split) & (self.label == label))
@@ -89,11 +91,12 @@ def load_corpus(settings, timer: StageTimer | None = None) -> Corpus:
         for folder in settings.noise:
             noise_paths += data.audio_files(Path(folder))
         noise = data.load_noise(noise_paths)
+        responses = data.load_noise([p for folder in settings.rir for p in data.audio_files(Path(folder))])
     if not noise:
         _LOGGER.warning("%s has no %s/: _silence_ examples will be digital silence", root, data.NOISE_DIR)
     label = np.array([data.LABELS.index(c.label()) for c in clips], np.int64)
     split = np.array([c.split for c in clips])
-    return Corpus(audio, label, split, noise)
+    return Corpus(audio, label, split, noise, responses=responses)
 
 
 class EpochMaker:
@@ -126,7 +129,7 @@ class EpochMaker:
         is_silence = rows < 0
         audio = self.corpus.audio[np.where(is_silence, 0, rows)]
         x = augment(audio, is_silence, self.corpus.noise, self.settings.augment,
-                    self.settings.features.sample_rate_hz, rng)
+                    self.settings.features.sample_rate_hz, rng, self.corpus.responses)
         return x, labels
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +236,7 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
                 x, y, targets = upcoming.result()
             if epoch + 1 < settings.epochs:
                 upcoming = pool.submit(source.get, epoch + 1, timer)
+            x = spec_augment(x, settings.augment, np.random.default_rng([settings.seed, epoch, 1]))
             y_true = eye[y] if targets is None else np.concatenate(
                 [eye[y], soften(targets, settings.distill.temperature)], axis=1)
             with timer.stage("fit"):

@@ -126,11 +126,15 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 class Dispatcher:
-    """Hands detections to the actions on a thread of its own."""
+    """Hands detections to the actions on a thread of its own.
+
+    ``submit`` is a single ``SimpleQueue.put``, which a signal handler raising in
+    the main thread cannot cut half-way, so a SIGTERM never loses a wake-up.
+    """
 
     def __init__(self, actions: Sequence):
         self.actions = list(actions)
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="kws-actions", daemon=True)
         self._thread.start()
 

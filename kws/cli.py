@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +22,9 @@ from kws.cli_common import configure_logging
 from kws.errors import AudioError, ConfigError, KwsError
 
 _LOGGER = logging.getLogger(__name__)
+
+OVERRUN_REPORT_S = 10.0
+"""At most one "fell behind" warning per this many seconds."""
 
 
 def _load_model(args):
@@ -84,20 +89,21 @@ def cmd_listen(args) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     _LOGGER.info("model %s (%s), keywords %s; reading %s", bundle.name, bundle.json_path,
                  ", ".join(settings.keywords or bundle.keywords), source.description)
-    reported = 0
+    reported, reported_at = 0, -math.inf
     try:
         for chunk in source.chunks():
             for detection in spotter.feed(chunk):
                 dispatcher.submit(detection)
             overruns = getattr(source, "overruns", 0)
-            if overruns > reported:
+            if overruns > reported and time.monotonic() - reported_at >= OVERRUN_REPORT_S:
                 _LOGGER.warning("fell behind the microphone: %d audio block(s) dropped so far", overruns)
-                reported = overruns
+                reported, reported_at = overruns, time.monotonic()
         for detection in _flush(spotter, bundle.window_s):
             dispatcher.submit(detection)
     except (KeyboardInterrupt, _Stop):
         _LOGGER.info("stopping")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while closing ends kws at once
         source.close()
         dispatcher.close()
     return 0

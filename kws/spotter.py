@@ -60,6 +60,9 @@ class KeywordSpotter:
         return f.samples_for(self._frames_seen) / f.sample_rate_hz
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
+        audio = np.asarray(audio, np.float32)
+        if not np.isfinite(audio).all():  # a broken driver or wrong sample format; never feed NaN on
+            audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
         detections = []
         frames = self.features.feed(audio)
         window = self.bundle.window_frames

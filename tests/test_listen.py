@@ -10,8 +10,8 @@ plugin as an unpaced microphone). Raw PCM on stdin is tested as ``arecord | kws 
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,7 +27,6 @@ from scipy.signal import resample_poly
 from conftest import DEFAULT_MODEL, ROOT, SAMPLE_RATE_HZ, keyword_stream, run_kws
 from virtual_audio import PulseAudio, alsa_config, pulseaudio_missing, to_int16, write_wav
 
-MODEL = Path(os.environ.get("KWS_TEST_LISTEN_MODEL", DEFAULT_MODEL))
 SINK = "kws_null"          # 16 kHz; its monitor is the default source
 SINK48 = "kws_null48"      # 48 kHz
 DETECTION_KEYS = {"keyword", "score", "time", "offset_s", "model"}
@@ -79,9 +78,9 @@ def stream(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model() -> Path:
-    if not MODEL.is_file():
-        pytest.fail(f"{MODEL} not found: the bundled model is needed (train and export it, see README)")
-    return MODEL
+    if not DEFAULT_MODEL.is_file():
+        pytest.fail(f"{DEFAULT_MODEL} not found: the bundled model is needed (train and export it, see README)")
+    return DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +108,10 @@ def alsa_env(pulse, stream, tmp_path_factory):
 class Listener:
     """``kws listen ARGS`` in a subprocess; its stdout and stderr lines collected as they come."""
 
-    def __init__(self, args: list[str], env: dict):
+    def __init__(self, args: list[str], env: dict | None, stdin=subprocess.DEVNULL):
         self.launched = time.monotonic()
         self.process = subprocess.Popen([sys.executable, "-m", "kws.cli", "listen", *args], cwd=ROOT, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+                                        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._changed = threading.Condition()
@@ -410,35 +408,21 @@ def test_listen_raw_pcm_on_stdin(stream, model, model_name):
     whole = parse_detections(result.stdout.decode().splitlines(), model_name)
     check_file_detections(whole, events)
 
-    # The same bytes in pieces of 1, 3 and 1001 bytes: samples split across reads.
-    process = subprocess.Popen([sys.executable, "-m", "kws.cli", "listen", "--model", str(model), "--input", "-"],
-                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    errors: list[bytes] = []
-    output: list[bytes] = []
-    readers = [threading.Thread(target=lambda: output.append(process.stdout.read())),
-               threading.Thread(target=lambda: errors.append(process.stderr.read()))]
-    for reader in readers:
-        reader.start()
-    try:
-        position, sizes = 0, (1, 3, 1001)
-        for n in range(len(data)):
-            if position >= len(data):
-                break
-            size = sizes[n % len(sizes)]
-            process.stdin.write(data[position : position + size])
-            process.stdin.flush()
+    # The same bytes in pieces of 1, 3 and 1001 bytes, each written once kws waits for input,
+    # so its reads return them as they are: samples split across reads.
+    with Listener(["--model", str(model), "--input", "-"], None, stdin=subprocess.PIPE) as listener:
+        listener.wait_for_log(r"reading raw 16-bit PCM on stdin")
+        pipe = listener.process.stdin.buffer
+        position, sizes = 0, itertools.cycle((1, 3, 1001))
+        while position < len(data):
+            size = next(sizes)
+            pipe.write(data[position : position + size])
+            pipe.flush()
             position += size
-            if size < 1000:
-                time.sleep(0.0005)  # let the reader see the odd piece on its own
-        process.stdin.close()
-        assert process.wait(timeout=60) == 0, errors
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    for reader in readers:
-        reader.join(10)
-    pieces = parse_detections(output[0].decode().splitlines(), model_name)
+            time.sleep(0.001)
+        listener.process.stdin.close()
+        assert listener.wait(timeout=60) == 0, "\n".join(listener.stderr)
+    pieces = parse_detections(listener.stdout, model_name)
     check_file_detections(pieces, events)
     strip = lambda ds: [(d["keyword"], d["offset_s"], d["score"]) for d in ds]  # noqa: E731
     assert strip(pieces) == strip(whole)

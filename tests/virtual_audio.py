@@ -28,10 +28,9 @@ _INHERITED_AUDIO_VARIABLES = ("PULSE_SERVER", "PULSE_SINK", "PULSE_SOURCE", "PUL
 
 
 def pulseaudio_missing() -> str | None:
-    """Why the PulseAudio tests cannot run here, or None."""
-    missing = [tool for tool in ("pulseaudio", "pactl", "paplay") if shutil.which(tool) is None]
-    if missing:
-        return f"{', '.join(missing)} not found: apt-get install pulseaudio pulseaudio-utils libasound2-plugins"
+    """Why the PulseAudio tests cannot run here (no ``pulseaudio`` binary), or None."""
+    if shutil.which("pulseaudio") is None:
+        return "pulseaudio not found: apt-get install pulseaudio pulseaudio-utils libasound2-plugins"
     return None
 
 
@@ -43,6 +42,9 @@ class PulseAudio:
     """
 
     def __init__(self, base: Path, sinks: dict[str, int], start_timeout_s: float = 15.0):
+        missing = [tool for tool in ("pactl", "paplay") if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeError(f"{', '.join(missing)} not found: apt-get install pulseaudio-utils")
         self.base = Path(base)
         self.sinks = dict(sinks)
         run = self.base / "run"
@@ -65,7 +67,7 @@ class PulseAudio:
         self.process = subprocess.Popen(
             ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "--disable-shm=yes", "--use-pid-file=no",
              "-n", "-F", str(script), f"--log-target=file:{self.log}"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -105,8 +107,6 @@ class PulseAudio:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
 
 
 def alsa_config(env: dict, path: Path, text: str) -> dict:
@@ -116,11 +116,11 @@ def alsa_config(env: dict, path: Path, text: str) -> dict:
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """float audio in [-1, 1] (or int16) -> 16-bit PCM wav."""
+    """int16 samples (or float in [-1, 1]) -> 16-bit PCM wav."""
     sf.write(str(path), audio, rate, subtype="PCM_16")
     return Path(path)
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> int16 exactly as a 16-bit wav stores it (so wav and raw bytes agree)."""
+    """float [-1, 1] -> int16; write these to wavs and pipes alike, so all carry the same samples."""
     return np.clip(np.round(np.asarray(audio, np.float64) * 32768), -32768, 32767).astype(np.int16)

@@ -111,3 +111,16 @@ def test_cli_measures_teachers_and_rejects_unknown_ones(tiny_data, tmp_path):
     bad = kws_train("train", str(tmp_path / "r"), "--data", str(root), "--teacher", "socrates")
     assert bad.returncode == 2
     assert bad.stderr.decode().strip().splitlines()[-1].startswith("kws-train: error: unknown teacher 'socrates'")
+
+
+def test_cache_key_ignores_parts_that_are_off_and_spec_augment(corpus, tmp_path):
+    from training.augment import AugmentSettings
+
+    def key_dir(augment):
+        settings = TrainSettings(clips_per_class=5, augment=augment, distill=DistillSettings(teacher="fake"))
+        return TargetCache(EpochMaker(corpus, settings), settings, tmp_path, CountingTeacher(0)).dir
+
+    base = key_dir(AugmentSettings())
+    assert key_dir(AugmentSettings(speed_range=(0.5, 2.0), time_masks=2, time_mask_frames=5)) == base
+    assert key_dir(AugmentSettings(speed_probability=0.5)) != base
+    assert key_dir(AugmentSettings(noise_snr_db=(0.0, 20.0))) != base

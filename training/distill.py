@@ -60,6 +60,21 @@ def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+SPEC_AUGMENT_FIELDS = ("time_masks", "time_mask_frames", "frequency_masks", "frequency_mask_bins")
+
+
+def augment_key(augment) -> dict:
+    """The augmentation settings that decide cached audio: SpecAugment (applied to the student's
+    input after the cache) and parts switched off are left out, so adding an option that is off
+    does not invalidate caches."""
+    key = {k: v for k, v in dataclasses.asdict(augment).items() if k not in SPEC_AUGMENT_FIELDS}
+    if not augment.speed_probability:
+        key.pop("speed_probability"), key.pop("speed_range")
+    if not augment.reverb_probability:
+        key.pop("reverb_probability")
+    return key
+
+
 def corpus_fingerprint(corpus) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(corpus.label).tobytes())
@@ -81,7 +96,7 @@ class TargetCache:
         self._teacher = teacher
         key = {
             "teacher": self.distill.teacher, "features": settings.features.to_dict(),
-            "augment": dataclasses.asdict(settings.augment), "per_class": maker.per_class, "seed": settings.seed,
+            "augment": augment_key(settings.augment), "per_class": maker.per_class, "seed": settings.seed,
             "corpus": corpus_fingerprint(maker.corpus), "format": 1,
         }
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -28,18 +28,12 @@ OVERRUN_REPORT_S = 10.0
 
 
 def _load_model(args):
+    """The bundle and the config file's settings (empty when there is no ``--config``)."""
     from kws.bundle import load_bundle
-
-    config = _config(args)
-    return load_bundle(args.model or config.model), config
-
-
-def _config(args):
     from kws.config import Config, load_config
 
-    if getattr(args, "_config", None) is None:
-        args._config = load_config(args.config) if getattr(args, "config", None) else Config()
-    return args._config
+    config = load_config(args.config) if getattr(args, "config", None) else Config()
+    return load_bundle(args.model or config.model), config
 
 
 def _detector_settings(args, bundle, config):

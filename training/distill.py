@@ -117,17 +117,18 @@ class TargetCache:
 
     def get(self, epoch: int, timer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, label indices and teacher probabilities of student epoch ``epoch``."""
+        from training.timing import StageTimer
+
+        timer = timer or StageTimer()
         path = self.path(epoch)
         if not path.is_file():
             index = epoch % self.distill.cached_epochs
             rng = np.random.default_rng([self.settings.seed, index])
-            audio, labels = self.maker.epoch_audio(rng)
-            features = self.maker.mfcc.compute_batch(audio)
+            with timer.stage("features + augmentation (prefetch)"):
+                audio, labels = self.maker.epoch_audio(rng)
+                features = self.maker.mfcc.compute_batch(audio)
             _LOGGER.info("teacher %s: targets for cached epoch %d (%d clips)", self.distill.teacher, index, len(audio))
-            if timer is not None:
-                with timer.stage("teacher targets"):
-                    targets = self.teacher.predict(audio)
-            else:
+            with timer.stage("teacher targets"):
                 targets = self.teacher.predict(audio)
             tmp = path.with_name(f".{path.stem}.tmp.npz")
             np.savez(tmp, features=features, labels=labels, targets=targets.astype(np.float32))

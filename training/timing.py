@@ -27,4 +27,5 @@ class StageTimer:
         total = sum(self.seconds.values()) or 1.0
         lines = [f"  {name:<24} {secs:8.1f} s  {100 * secs / total:5.1f}%" for name, secs in
                  sorted(self.seconds.items(), key=lambda kv: -kv[1])]
-        return "time by stage:\n" + "\n".join(lines)
+        return ("time by stage (a stage on the prefetch thread, such as teacher targets, overlaps fit; "
+                "'waiting for epoch data' is what it did not hide):\n" + "\n".join(lines))

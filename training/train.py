@@ -184,7 +184,9 @@ class FreshEpochs:
         self.rng = np.random.default_rng(seed)
 
     def get(self, epoch: int, timer=None):
-        features, labels = self.maker.epoch(self.rng)
+        timer = timer or StageTimer()
+        with timer.stage("features + augmentation (prefetch)"):
+            features, labels = self.maker.epoch(self.rng)
         return features, labels, None
 
 
@@ -232,7 +234,7 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
     with ThreadPoolExecutor(1) as pool:
         upcoming = pool.submit(source.get, 0, timer)
         for epoch in range(settings.epochs):
-            with timer.stage("features + augmentation"):
+            with timer.stage("waiting for epoch data"):  # made on a second thread while fit runs
                 x, y, targets = upcoming.result()
             if epoch + 1 < settings.epochs:
                 upcoming = pool.submit(source.get, epoch + 1, timer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from kws.bundle import load_bundle, sha256_of
@@ -43,6 +44,21 @@ def test_bundled_model_loads():
     assert set(bundle.thresholds) == set(bundle.keywords)
     assert bundle.size_bytes == DEFAULT_MODEL.with_suffix(".tflite").stat().st_size
     assert load_bundle(DEFAULT_MODEL.with_suffix(".tflite")).sha256 == bundle.sha256
+
+
+@pytest.mark.parametrize("manifest", sorted(DEFAULT_MODEL.parent.glob("*.json")), ids=lambda p: p.stem)
+def test_every_shipped_bundle_loads_and_hears_the_test_words(manifest, shared_data):
+    from kws.features import Mfcc
+    from kws.interpreter import Classifier, make_interpreter
+
+    from conftest import KEYWORD_CLIPS, read_clip
+
+    bundle = load_bundle(manifest)
+    classifier = Classifier(make_interpreter(bundle.model_content))
+    mfcc = Mfcc(bundle.features)
+    for word, relative in KEYWORD_CLIPS:
+        scores = classifier.predict(mfcc.compute(read_clip(relative))[: bundle.window_frames])
+        assert bundle.labels[int(np.argmax(scores))] == word, (manifest.name, relative)
 
 
 def test_missing_manifest(tmp_path):

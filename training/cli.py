@@ -151,6 +151,21 @@ def cmd_teachers(args, timer) -> None:
             print(report(f"{teacher.name} on {name} ({per_clip_ms:.1f} ms/clip)", score(data.LABELS, truth, predicted)))
 
 
+def cmd_mine(args, timer) -> None:
+    from training.mine import MineSettings, mine
+    from training.teachers import load_teacher
+
+    try:
+        settings = MineSettings(corpus=args.corpus, out_dir=args.out, words=tuple(args.words),
+                                min_probability=args.min_probability)
+    except ValueError as error:
+        raise KwsError(str(error)) from None
+    teacher = load_teacher(args.teacher)
+    with timer.stage("mine"):
+        result = mine(settings, teacher)
+    print(f"{len(result.paths)} clips in {args.out} (list: {args.out / 'MINED.csv'})")
+
+
 def cmd_synth(args, timer) -> None:
     from training.synth import SynthSettings, synthesize
 
@@ -203,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--test", type=Path, action="append", default=[], help="also measure on this test folder")
     p.set_defaults(func=cmd_teachers)
+
+    p = sub.add_parser("mine", help="find real keyword clips in transcribed speech with a teacher")
+    p.add_argument("corpus", type=Path, help="folder with INDEX.csv (path, transcript, keywords_in_transcript)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--words", nargs="+", default=["on", "off"])
+    p.add_argument("--teacher", default="mlperf,arm-l,attention-rnn-global")
+    p.add_argument("--min-probability", type=float, default=0.5)
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("synth", help="render words with the installed TTS engines into <out>/<word>/*.wav")
     p.add_argument("words", nargs="+")

@@ -8,7 +8,8 @@ so anyone can check a model card:
 
 Each clip is scored the way ``kws classify`` scores it: decoded to 16 kHz mono,
 its loudest model window (zero-padded if shorter), MFCC, the int8 interpreter.
-Folders whose name is not a label of the model count as ``_unknown_``.
+Folders whose name is not a label of the model count as ``_unknown_``. Needs the
+checkout (it reads the folder with ``training.data``), not TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from kws.bundle import load_bundle
 from kws.cli import loudest_window
 from kws.features import Mfcc
 from kws.interpreter import Classifier, backend, make_interpreter
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
+from training.data import scan_labelled_folder
 
 
 def main() -> int:
@@ -41,19 +41,17 @@ def main() -> int:
     classifier = Classifier(make_interpreter(bundle.model_content))
     mfcc = Mfcc(bundle.features)
     labels = list(bundle.labels)
-    unknown = labels.index("_unknown_") if "_unknown_" in labels else None
     n = len(labels)
     confusion = np.zeros((n, n), np.int64)
     start = time.perf_counter()
-    for folder in sorted(p for p in args.folder.iterdir() if p.is_dir()):
-        truth = labels.index(folder.name) if folder.name in labels else unknown
-        if truth is None:
+    for clip in scan_labelled_folder(args.folder):
+        label = clip.label(labels)
+        if label not in labels:  # a model without _unknown_
             continue
-        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
-            audio = read_audio(path, bundle.features.sample_rate_hz)
-            window = loudest_window(audio, bundle.window_samples, bundle.features.hop_samples)
-            scores = classifier.predict(mfcc.compute(window)[: bundle.window_frames])
-            confusion[truth, int(np.argmax(scores))] += 1
+        audio = read_audio(clip.path, bundle.features.sample_rate_hz)
+        window = loudest_window(audio, bundle.window_samples, bundle.features.hop_samples)
+        scores = classifier.predict(mfcc.compute(window)[: bundle.window_frames])
+        confusion[labels.index(label), int(np.argmax(scores))] += 1
     seconds = time.perf_counter() - start
     totals = confusion.sum(axis=1)
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))

@@ -136,9 +136,7 @@ def cmd_teachers(args, timer) -> None:
     corpus = load_corpus(data_settings, timer)
     sets = {"validation": EpochMaker(corpus, train_settings).validation_audio()}
     for folder in args.test:
-        clips = data.scan_labelled_folder(folder)
-        audio = data.decode_clips([c.path for c in clips], data_settings.cache_dir)
-        sets[folder.name] = (audio.astype(np.float32) / 32768.0, np.array([data.LABELS.index(c.label()) for c in clips]))
+        sets[folder.name] = data.load_test_folder(folder, data_settings.cache_dir)
     teachers = [load_teacher(name) for name in args.names]
     if len(teachers) > 1:
         teachers.append(Ensemble(teachers))

@@ -151,5 +151,12 @@ def decode_clips(paths: Sequence[Path], cache_dir: Path | None = None, workers: 
     return audio
 
 
+def load_test_folder(folder: str | Path, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A ``<label>/*`` test folder as float32 one-second clips ``(n, 16000)`` and label indices."""
+    clips = scan_labelled_folder(folder)
+    audio = decode_clips([c.path for c in clips], cache_dir)
+    return audio.astype(np.float32) / 32768.0, np.array([LABELS.index(c.label()) for c in clips])
+
+
 def load_noise(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_audio(p, SAMPLE_RATE_HZ) for p in paths]

@@ -7,8 +7,7 @@ best-scoring window (above ``min_probability``, at least ``separation_s`` from
 the others) becomes a training clip in ``<out_dir>/<word>/``. The folder has
 the ``<word>/*`` layout that ``kws-train train --extra`` takes.
 
-The index is a CSV with ``path``, ``transcript`` and ``keywords_in_transcript``
-columns (the layout of ``../shared/data/librispeech_dev_clean_part/INDEX.csv``).
+The index is a CSV with ``path`` and ``transcript`` columns (the layout of ``../shared/data/librispeech_dev_clean_part/INDEX.csv``).
 """
 
 from __future__ import annotations
@@ -94,9 +93,7 @@ def mine(settings: MineSettings, teacher) -> Mined:
     with index.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        listed = set((row.get("keywords_in_transcript") or "").replace(";", " ").split())
-        wanted = {w: occurrences(row["transcript"], w) for w in settings.words if w in listed or
-                  occurrences(row["transcript"], w)}
+        wanted = {w: occurrences(row["transcript"], w) for w in settings.words}
         wanted = {w: n for w, n in wanted.items() if n}
         if not wanted:
             continue

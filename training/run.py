@@ -130,6 +130,7 @@ def step_quantize(run: Run, timer: StageTimer, representative: int = 500) -> Pat
 
 def step_evaluate(run: Run, tests: Sequence[Path], timer: StageTimer) -> dict:
     train_settings, corpus = _corpus(run, timer)
+    cache_dir = run.load_settings()[1].cache_dir
     model = run.load_keras()
     content = run.need("model_int8.tflite", "quantize").read_bytes()
     sets = {}
@@ -137,10 +138,8 @@ def step_evaluate(run: Run, tests: Sequence[Path], timer: StageTimer) -> dict:
         sets["validation"] = EpochMaker(corpus, train_settings).validation()
         mfcc = Mfcc(train_settings.features)
         for folder in tests:
-            clips = data.scan_labelled_folder(folder)
-            audio = data.decode_clips([c.path for c in clips], run.load_settings()[1].cache_dir)
-            truth = np.array([data.LABELS.index(c.label()) for c in clips])
-            sets[Path(folder).name] = (mfcc.compute_batch(audio.astype(np.float32) / 32768.0), truth)
+            audio, truth = data.load_test_folder(folder, cache_dir)
+            sets[Path(folder).name] = (mfcc.compute_batch(audio), truth)
     results = run.evaluation()
     for name, (features, truth) in sets.items():
         entry = {}

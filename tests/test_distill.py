@@ -60,11 +60,41 @@ def test_target_cache_computes_each_augmented_epoch_once(corpus, tmp_path):
     other = cache.get(1)
     assert teacher.calls == 2 and not np.array_equal(other[0], first[0])
     # a fresh cache over the same folder reads what is on disk
-    fresh = TargetCache(EpochMaker(corpus, settings), settings, tmp_path, CountingTeacher(3))
-    assert np.array_equal(fresh.get(1)[0], other[0]) and fresh.teacher.calls == 0
-    # another teacher is another key
-    changed = TrainSettings(clips_per_class=5, distill=DistillSettings(teacher="other", cached_epochs=2))
-    assert TargetCache(EpochMaker(corpus, changed), changed, tmp_path, teacher).dir != cache.dir
+    unasked = CountingTeacher(3)
+    fresh = TargetCache(EpochMaker(corpus, settings), settings, tmp_path, unasked)
+    assert np.array_equal(fresh.get(1)[0], other[0]) and unasked.calls == 0
+
+    # adding a member to the ensemble asks only the new one; the targets are the members' mean
+    from training.teachers import Ensemble
+
+    kept, added = CountingTeacher(3), CountingTeacher(5)
+    pair = TargetCache(EpochMaker(corpus, settings), settings, tmp_path, Ensemble([kept, added]))
+    assert pair.dir == cache.dir
+    _, _, mean = pair.get(0)
+    assert kept.calls == 0 and added.calls == 1
+    assert np.allclose(mean[:, 3], (0.99 + 0.01 / 11) / 2, atol=1e-5) and np.allclose(mean[:, 5], mean[:, 3])
+    assert np.allclose(mean.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_retrained_run_teacher_is_asked_again(tmp_path):
+    from training.distill import Member
+
+    run = tmp_path / "teacher"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"one")
+    first = Member(f"run:{run}").file_id
+    assert Member(f"run:{run}").file_id == first
+    (run / "model.keras").write_bytes(b"other")
+    assert Member(f"run:{run}").file_id != first
+    assert Member("mlperf").file_id != Member("arm-l").file_id
+
+
+def test_an_unknown_teacher_is_refused_before_any_work(corpus, tmp_path):
+    from training.teachers import TeacherError
+
+    settings = TrainSettings(clips_per_class=5, distill=DistillSettings(teacher="mlperf,socrates"))
+    with pytest.raises(TeacherError, match="unknown teacher 'socrates'"):
+        TargetCache(EpochMaker(corpus, settings), settings, tmp_path)
 
 
 def test_student_follows_the_teacher_when_only_soft_targets_count(corpus, tmp_path):
@@ -95,11 +125,10 @@ def test_cli_distils_from_a_real_teacher(tiny_data, tmp_path):
     settings = json.loads((run / "settings.json").read_text())
     assert settings["train"]["distill"]["teacher"] == "mlperf"
     assert settings["train"]["distill"]["temperature"] == 3.0
-    cached = list((tmp_path / "cache" / "targets").glob("*/epoch_000.npz"))
+    cached = list((tmp_path / "cache" / "targets").glob("*/epoch_000.mlperf-*.npy"))
     assert len(cached) == 1
-    with np.load(cached[0]) as stored:
-        targets = stored["targets"]
-        assert targets.shape == (72, 12) and np.allclose(targets.sum(axis=1), 1, atol=1e-4)
+    targets = np.load(cached[0])
+    assert targets.shape == (72, 12) and np.allclose(targets.sum(axis=1), 1, atol=1e-4)
     assert "teacher targets" in result.stderr.decode()
 
 

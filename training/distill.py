@@ -86,52 +86,104 @@ def corpus_fingerprint(corpus) -> str:
 
 
 class TargetCache:
-    """Augmented epochs with teacher targets, on disk: ``DIR/<key>/epoch_NNN.npz``."""
+    """Augmented epochs with each teacher's targets, on disk under ``DIR/<key>/``.
+
+    ``epoch_NNN.npz`` holds one augmented epoch's features and labels;
+    ``epoch_NNN.<member>.npy`` holds one ensemble member's probabilities for it.
+    Members are stored apart, so adding a teacher to an ensemble computes only
+    the new one's targets. A ``run:PATH`` member's file name includes the size
+    and time of its ``model.keras``, so a retrained teacher is asked again.
+    """
 
     def __init__(self, maker, settings, directory: Path, teacher=None):
-        """``maker`` is an ``EpochMaker``; ``settings`` the ``TrainSettings`` (with ``distill``)."""
+        """``maker`` is an ``EpochMaker``; ``settings`` the ``TrainSettings`` (with ``distill``);
+        ``teacher`` (optional) replaces loading ``settings.distill.teacher`` by name."""
         self.maker = maker
         self.settings = settings
         self.distill: DistillSettings = settings.distill
-        self._teacher = teacher
+        if teacher is None:
+            from training.teachers import teacher_names
+
+            self.members = [Member(name) for name in teacher_names(self.distill.teacher)]
+        else:
+            self.members = [Member(t.name, t) for t in getattr(teacher, "teachers", [teacher])]
         key = {
-            "teacher": self.distill.teacher, "features": settings.features.to_dict(),
-            "augment": augment_key(settings.augment), "per_class": maker.per_class, "seed": settings.seed,
-            "corpus": corpus_fingerprint(maker.corpus), "format": 1,
+            "features": settings.features.to_dict(), "augment": augment_key(settings.augment),
+            "per_class": maker.per_class, "seed": settings.seed, "corpus": corpus_fingerprint(maker.corpus),
+            "format": 2,
         }
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(directory) / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
 
+    def path(self, index: int) -> Path:
+        return self.dir / f"epoch_{index % self.distill.cached_epochs:03d}.npz"
+
+    def get(self, epoch: int, timer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, label indices and the (mean) teacher probabilities of student epoch ``epoch``."""
+        from training.timing import StageTimer
+
+        timer = timer or StageTimer()
+        index = epoch % self.distill.cached_epochs
+        path = self.path(epoch)
+        missing = [m for m in self.members if not self._target_path(index, m).is_file()]
+        audio = None
+        if missing or not path.is_file():
+            rng = np.random.default_rng([self.settings.seed, index])
+            with timer.stage("features + augmentation (prefetch)"):
+                audio, labels = self.maker.epoch_audio(rng)
+                if not path.is_file():
+                    features = self.maker.mfcc.compute_batch(audio)
+                    _atomic_save(path, lambda f: np.savez(f, features=features, labels=labels))
+        with np.load(path) as stored:
+            features, labels = stored["features"], stored["labels"]
+        total = None
+        for member in self.members:
+            target_path = self._target_path(index, member)
+            if not target_path.is_file():
+                _LOGGER.info("teacher %s: targets for cached epoch %d (%d clips)", member.name, index, len(audio))
+                with timer.stage("teacher targets"):
+                    targets = np.asarray(member.teacher.predict(audio), np.float32)
+                if targets.shape[0] != len(labels):
+                    raise RuntimeError(f"teacher {member.name} gave {targets.shape[0]} rows for {len(labels)} clips")
+                _atomic_save(target_path, lambda f: np.save(f, targets))
+            targets = np.load(target_path).astype(np.float64)
+            total = targets if total is None else total + targets
+        mean = total / len(self.members)
+        mean /= mean.sum(axis=1, keepdims=True)
+        return features, labels, mean.astype(np.float32)
+
+    def _target_path(self, index: int, member: "Member") -> Path:
+        return self.dir / f"epoch_{index:03d}.{member.file_id}.npy"
+
+
+class Member:
+    """One teacher of an ensemble, loaded by name only when its targets are needed."""
+
+    def __init__(self, name: str, teacher=None):
+        self.name = name
+        self._teacher = teacher
+        identity = name
+        if name.startswith("run:"):
+            model = Path(name[len("run:"):]) / "model.keras"
+            if model.is_file():
+                stat = model.stat()
+                identity += f"|{stat.st_size}|{stat.st_mtime_ns}"
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[-40:]
+        self.file_id = f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
     @property
     def teacher(self):
         if self._teacher is None:
             from training.teachers import load_teacher
 
-            self._teacher = load_teacher(self.distill.teacher)
+            self._teacher = load_teacher(self.name)
         return self._teacher
 
-    def path(self, index: int) -> Path:
-        return self.dir / f"epoch_{index % self.distill.cached_epochs:03d}.npz"
 
-    def get(self, epoch: int, timer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features, label indices and teacher probabilities of student epoch ``epoch``."""
-        from training.timing import StageTimer
-
-        timer = timer or StageTimer()
-        path = self.path(epoch)
-        if not path.is_file():
-            index = epoch % self.distill.cached_epochs
-            rng = np.random.default_rng([self.settings.seed, index])
-            with timer.stage("features + augmentation (prefetch)"):
-                audio, labels = self.maker.epoch_audio(rng)
-                features = self.maker.mfcc.compute_batch(audio)
-            _LOGGER.info("teacher %s: targets for cached epoch %d (%d clips)", self.distill.teacher, index, len(audio))
-            with timer.stage("teacher targets"):
-                targets = self.teacher.predict(audio)
-            tmp = path.with_name(f".{path.stem}.tmp.npz")
-            np.savez(tmp, features=features, labels=labels, targets=targets.astype(np.float32))
-            os.replace(tmp, path)
-        with np.load(path) as stored:
-            return stored["features"], stored["labels"], stored["targets"]
+def _atomic_save(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+    os.replace(tmp, path)

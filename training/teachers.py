@@ -472,14 +472,20 @@ class RunTeacher:
 RUN_PREFIX = "run:"
 
 
-def load_teacher(spec: str, root: str | Path | None = None) -> Teacher:
-    """A teacher by name or ``run:PATH``, or an equal-weight ``Ensemble`` of a comma-separated list."""
+def teacher_names(spec: str) -> list[str]:
+    """The member names of a teacher spec, checked (without loading anything)."""
     names = [part.strip() for part in str(spec).split(",") if part.strip()]
     if not names:
         raise TeacherError(f"no teacher named in {spec!r}: choose from {', '.join(REGISTRY)} or run:PATH")
     for name in names:
         if name not in REGISTRY and not name.startswith(RUN_PREFIX):
             raise TeacherError(f"unknown teacher '{name}': choose from {', '.join(REGISTRY)} or run:PATH")
+    return names
+
+
+def load_teacher(spec: str, root: str | Path | None = None) -> Teacher:
+    """A teacher by name or ``run:PATH``, or an equal-weight ``Ensemble`` of a comma-separated list."""
+    names = teacher_names(spec)
     folder = teachers_root(root)
     teachers = [RunTeacher(Path(name[len(RUN_PREFIX):])) if name.startswith(RUN_PREFIX) else REGISTRY[name](folder)
                 for name in names]

@@ -153,3 +153,43 @@ def test_cache_key_ignores_parts_that_are_off_and_spec_augment(corpus, tmp_path)
     assert key_dir(AugmentSettings(speed_range=(0.5, 2.0), time_masks=2, time_mask_frames=5)) == base
     assert key_dir(AugmentSettings(speed_probability=0.5)) != base
     assert key_dir(AugmentSettings(noise_snr_db=(0.0, 20.0))) != base
+
+
+def test_label_only_classes_take_their_label_as_soft_target():
+    from training.distill import trust_labels
+
+    targets = np.full((4, 3), 1 / 3, np.float32)
+    labels = np.array([0, 1, 2, 0])
+    out = trust_labels(targets, labels, [0])
+    assert np.array_equal(out[[0, 3]], [[1, 0, 0], [1, 0, 0]])
+    assert np.array_equal(out[[1, 2]], targets[[1, 2]]) and np.all(targets == np.float32(1 / 3))  # input untouched
+    assert trust_labels(targets, labels, []) is targets
+
+
+def test_label_only_reaches_training_and_rejects_strangers(tiny_data, tmp_path):
+    """A teacher that always says 'stop': trusted on all but _silence_, silence is learnt; trusted on all, not."""
+    stop = 10
+    root, _ = tiny_data
+    corpus = load_corpus(DataSettings(root))
+
+    def silence_probability(label_only):
+        settings = TrainSettings(epochs=8, clips_per_class=12, batch_size=16, learning_rate=0.01, label_smoothing=0.0,
+                                 distill=DistillSettings(teacher="fake", hard_weight=0.0, soft_weight=1.0,
+                                                         temperature=1.0, cached_epochs=2, label_only=label_only))
+        model = train(corpus, settings, tmp_path / "run", target_dir=tmp_path / "targets",
+                      teacher=CountingTeacher(stop))
+        x_val, y_val = EpochMaker(corpus, settings).validation()
+        # a balanced batch (validation is mostly noise cuts), scored with batch statistics as above
+        words = np.flatnonzero(y_val != 0)
+        chosen = np.concatenate([np.flatnonzero(y_val == 0)[: len(words)], words])
+        p = np.asarray(model(x_val[chosen, ..., None], training=True))
+        silence = y_val[chosen] == 0
+        return float(p[silence, 0].mean()), float(p[~silence, 0].mean())
+
+    on_silence, on_words = silence_probability(["_silence_"])
+    untrusting_silence, _ = silence_probability([])
+    assert untrusting_silence < 0.02
+    assert on_silence > 0.05 and on_silence > 3 * untrusting_silence and on_silence > 1.5 * on_words
+    bad = kws_train("train", str(tmp_path / "r"), "--data", str(root), "--teacher", "mlperf", "--label-only", "_quiet_")
+    assert bad.returncode == 2
+    assert bad.stderr.decode().strip().splitlines()[-1].startswith("kws-train: error: distill label_only: no class _quiet_")

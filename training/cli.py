@@ -38,10 +38,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-weight", type=float, help="weight of the true-label loss (default 0.5)")
     p.add_argument("--soft-weight", type=float, help="weight of the teacher loss (default 0.5)")
     p.add_argument("--cached-epochs", type=int, help="distinct augmented epochs with cached teacher targets (default 20)")
+    p.add_argument("--label-only", nargs="+", metavar="CLASS",
+                   help="classes whose examples take their label, not the teacher's target (e.g. _silence_)")
 
 
 def _settings(args: argparse.Namespace):
     from kws.features import FeatureSettings
+    from training import data
     from training.augment import AugmentSettings
     from training.distill import DistillSettings
     from training.run import DataSettings
@@ -58,10 +61,13 @@ def _settings(args: argparse.Namespace):
         if value is not None:
             train_values[option] = value
     distill_values = dict(config.get("distill", {}))
-    for option in ("teacher", "temperature", "hard_weight", "soft_weight", "cached_epochs"):
+    for option in ("teacher", "temperature", "hard_weight", "soft_weight", "cached_epochs", "label_only"):
         value = getattr(args, option, None)
         if value is not None:
             distill_values[option] = value
+    strangers = [c for c in distill_values.get("label_only", ()) if c not in data.LABELS]
+    if strangers:
+        raise KwsError(f"distill label_only: no class {', '.join(strangers)}; the classes are {', '.join(data.LABELS)}")
     try:
         train_values["features"] = FeatureSettings(**config.get("features", {}))
         train_values["augment"] = AugmentSettings(**config.get("augment", {}))

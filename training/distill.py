@@ -21,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -42,14 +43,29 @@ class DistillSettings:
     """Weight of cross-entropy with the teacher's softened targets (scaled by T^2)."""
     cached_epochs: int = 20
     """Distinct augmented epochs rendered with teacher targets; student epochs cycle through them."""
+    label_only: tuple[str, ...] = ()
+    """Classes the teachers are not trusted on (e.g. ``_silence_``, whose loud-noise examples they never
+    heard): for their examples the soft target is the label itself."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "label_only", tuple(self.label_only))
         if self.temperature <= 0 or self.hard_weight < 0 or self.soft_weight < 0 or self.cached_epochs < 1:
             raise ValueError("distill: temperature > 0, weights >= 0 and cached_epochs >= 1 are required")
 
     @property
     def enabled(self) -> bool:
         return bool(self.teacher) and self.soft_weight > 0
+
+
+def trust_labels(targets: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """``targets`` with the rows of examples labelled one of ``classes`` replaced by the one-hot label."""
+    chosen = np.isin(labels, list(classes))
+    if not chosen.any():
+        return targets
+    out = targets.copy()
+    out[chosen] = 0
+    out[np.flatnonzero(chosen), labels[chosen]] = 1
+    return out
 
 
 def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:

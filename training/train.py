@@ -15,7 +15,7 @@ import numpy as np
 
 from kws.features import FeatureSettings, Mfcc
 from training import data
-from training.distill import DistillSettings, soften
+from training.distill import DistillSettings, soften, trust_labels
 from training.augment import AugmentSettings, augment, random_noise_cuts, silence_levels, spec_augment
 from training.timing import StageTimer
 
@@ -229,6 +229,10 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
     _LOGGER.info("%s: %d parameters, %d MACs; %d examples per class per epoch",
                  settings.architecture, model.count_params(), count_macs(model), maker.per_class)
     eye = np.eye(n_classes, dtype=np.float32)
+    unknown = [c for c in settings.distill.label_only if c not in corpus.labels]
+    if unknown:
+        raise ValueError(f"distill label_only: no class {', '.join(unknown)} (classes: {', '.join(corpus.labels)})")
+    label_only = [corpus.labels.index(c) for c in settings.distill.label_only]
     best = -1.0
     history: list[dict] = []
     with ThreadPoolExecutor(1) as pool:
@@ -240,7 +244,7 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
                 upcoming = pool.submit(source.get, epoch + 1, timer)
             x = spec_augment(x, settings.augment, np.random.default_rng([settings.seed, epoch, 1]))
             y_true = eye[y] if targets is None else np.concatenate(
-                [eye[y], soften(targets, settings.distill.temperature)], axis=1)
+                [eye[y], soften(trust_labels(targets, y, label_only), settings.distill.temperature)], axis=1)
             with timer.stage("fit"):
                 fit = trainable.fit(x[..., None], y_true, batch_size=settings.batch_size,
                                     epochs=epoch + 1, initial_epoch=epoch, verbose=0)

@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--words", nargs="+", default=["on", "off"])
     p.add_argument("--teacher", default="mlperf,arm-l,attention-rnn-global")
-    p.add_argument("--min-probability", type=float, default=0.5)
+    p.add_argument("--min-probability", type=float, default=0.3,
+                   help="keep a window only if the teacher gives the word at least this (default 0.3)")
     p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("synth", help="render words with the installed TTS engines into <out>/<word>/*.wav")

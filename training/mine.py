@@ -38,8 +38,9 @@ class MineSettings:
     out_dir: Path
     """Mined clips go to ``out_dir/<word>/<utterance>_<offset_ms>.wav``."""
     words: tuple[str, ...] = ("on", "off")
-    min_probability: float = 0.5
-    """A window is kept only if the teacher gives the word at least this."""
+    min_probability: float = 0.3
+    """A window is kept only if the teacher gives the word at least this. The window is already the
+    best of its utterance, which the transcript says holds the word, so the bar can be low."""
     stride_ms: float = 50.0
     """Step between scored windows."""
     separation_s: float = 0.6

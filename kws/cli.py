@@ -1,4 +1,4 @@
-"""``kws``: listen to a microphone (or file, or stdin) and act on keywords.
+"""``kws``: listen to a microphone (or file, or stdin) and act on keywords; record a wake word of your own.
 
 Errors a user can fix print one line and exit 2; ``-v`` shows more.
 """
@@ -220,6 +220,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    from kws.record import Console, RecordSettings, record
+
+    options = {"count": args.count, "out_dir": args.out, "device": args.device, "take_s": args.take_s,
+               "countdown_s": args.countdown_s}
+    settings = RecordSettings(word=args.word, **{k: v for k, v in options.items() if v is not None})
+    return record(settings, Console(sys.stderr), args.sources or ())
+
+
 def _model_options(p: argparse.ArgumentParser, detector: bool) -> None:
     p.add_argument("--model", help="bundle name in models/ or path to its .json/.tflite (default: kws12)")
     if detector:
@@ -264,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, detector=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("record", help="record a custom wake word: guided takes, trimmed and checked, as WAV clips")
+    p.add_argument("--word", required=True, help="the word; its clips go to OUT/WORD/NNNN.wav")
+    p.add_argument("--count", type=int, help="clips wanted in the folder, those already there included (default 50)")
+    p.add_argument("--out", type=Path, help="parent folder of the word's folder (default ./recordings)")
+    p.add_argument("--device", help="input device: index or part of its name (see `kws devices`)")
+    p.add_argument("--take-s", type=float, help="length of each take (default 2.0)")
+    p.add_argument("--countdown-s", type=float, help="countdown before each take, 0 for none (default 1.0)")
+    p.add_argument("--from", dest="sources", nargs="+", type=Path, metavar="FILE_OR_DIR",
+                   help="import these audio files (folders are searched) instead of recording; --count does not apply")
+    p.set_defaults(func=cmd_record)
     return parser
 
 

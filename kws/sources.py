@@ -197,6 +197,10 @@ class MicrophoneSource:
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 yield self._resampler.process(mono) if self._resampler else mono
 
+    def drain(self) -> None:
+        """Discard audio captured but not read yet (what arrived while the consumer was busy elsewhere)."""
+        self._queue.clear()
+
     def close(self) -> None:
         if self._stream is not None:
             try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -143,3 +145,18 @@ def test_cli_reports_one_line_without_traceback(bundle_dir):
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kws: error: model file") and "Traceback" not in lines[0]
+
+
+def test_atomic_write_replaces_whole_files_with_ordinary_permissions(tmp_path):
+    from kws.bundle import atomic_write
+
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"old")
+    old_umask = os.umask(0o027)
+    try:
+        atomic_write(target, b"new contents")
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"new contents"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # 0666 under the umask, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]  # no temporary left behind

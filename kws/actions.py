@@ -1,7 +1,8 @@
 """What happens on a detection: JSON lines on stdout, hook commands.
 
 Actions run on their own thread (``Dispatcher``), never on the audio path.
-Each action has ``handle(detection)`` and ``close()``.
+Each action has ``handle(event)``, ``close()`` and ``accepts``: the type of
+event it takes (a ``Detection`` unless it says otherwise).
 """
 
 from __future__ import annotations
@@ -25,10 +26,25 @@ _LOGGER = logging.getLogger(__name__)
 
 ANY_KEYWORD = "*"
 """Hook key that matches every keyword."""
+MODEL_SEPARATOR = "/"
+"""``MODEL/keyword`` config keys apply to that model only, and win over a plain ``keyword`` key."""
+
+
+def model_key(model: str, keyword: str) -> str:
+    """The config key that names ``keyword`` of ``model`` only."""
+    return f"{model}{MODEL_SEPARATOR}{keyword}"
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """``"kws12/on"`` -> ``("kws12", "on")``; ``"on"`` -> ``(None, "on")``."""
+    model, separator, keyword = key.rpartition(MODEL_SEPARATOR)
+    return (model, keyword) if separator else (None, key)
 
 
 class JsonLinesAction:
     """One JSON object per detection, one line each, flushed at once."""
+
+    accepts = Detection
 
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream if stream is not None else sys.stdout
@@ -50,7 +66,7 @@ class HookSettings:
     """Commands to run per keyword (argv lists, no shell) and their limits."""
 
     commands: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
-    """Keyword (or ``*``) -> argv lists to run."""
+    """Keyword (or ``*``), or ``MODEL/keyword`` (or ``MODEL/*``) -> argv lists to run."""
     timeout_s: float = 10.0
     """A hook still running after this is killed (with its process group)."""
     max_parallel: int = 4
@@ -62,8 +78,15 @@ class HookSettings:
         if self.max_parallel < 1:
             raise ConfigError("hook max_parallel must be at least 1")
 
-    def for_keyword(self, keyword: str) -> list[tuple[str, ...]]:
-        return list(self.commands.get(keyword, ())) + list(self.commands.get(ANY_KEYWORD, ()))
+    def for_keyword(self, keyword: str, model: str | None = None) -> list[tuple[str, ...]]:
+        """The keyword's commands, then the any-keyword ones; ``MODEL/...`` keys win over plain ones."""
+
+        def commands(key: str) -> tuple[tuple[str, ...], ...]:
+            if model is not None and model_key(model, key) in self.commands:
+                return self.commands[model_key(model, key)]
+            return self.commands.get(key, ())
+
+        return list(commands(keyword)) + list(commands(ANY_KEYWORD))
 
 
 def hook_environment(detection: Detection) -> dict[str, str]:
@@ -81,12 +104,14 @@ def hook_environment(detection: Detection) -> dict[str, str]:
 class HookAction:
     """Runs each matching hook in a worker thread with the detection in env and on stdin."""
 
+    accepts = Detection
+
     def __init__(self, settings: HookSettings):
         self.settings = settings
         self._pool = ThreadPoolExecutor(settings.max_parallel, thread_name_prefix="kws-hook")
 
     def handle(self, detection: Detection) -> None:
-        for argv in self.settings.for_keyword(detection.keyword):
+        for argv in self.settings.for_keyword(detection.keyword, detection.model):
             self._pool.submit(self._run, argv, detection)
 
     def _run(self, argv: Sequence[str], detection: Detection) -> None:
@@ -126,8 +151,9 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 class Dispatcher:
-    """Hands detections to the actions on a thread of its own.
+    """Hands events (detections, and what else the actions accept) to the actions on a thread of its own.
 
+    Each event goes, in order, to every action whose ``accepts`` type it is.
     ``submit`` is a single ``SimpleQueue.put``, which a signal handler raising in
     the main thread cannot cut half-way, so a SIGTERM never loses a wake-up.
     """
@@ -138,16 +164,17 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._loop, name="kws-actions", daemon=True)
         self._thread.start()
 
-    def submit(self, detection: Detection) -> None:
-        self._queue.put(detection)
+    def submit(self, event) -> None:
+        self._queue.put(event)
 
     def _loop(self) -> None:
         while True:
-            detection = self._queue.get()
-            if detection is None:
+            event = self._queue.get()
+            if event is None:
                 return
             for action in self.actions:
-                action.handle(detection)
+                if isinstance(event, getattr(action, "accepts", Detection)):
+                    action.handle(event)
 
     def close(self) -> None:
         self._queue.put(None)

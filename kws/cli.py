@@ -28,34 +28,66 @@ OVERRUN_REPORT_S = 10.0
 
 
 def _load_model(args):
-    """The bundle and the config file's settings (empty when there is no ``--config``)."""
+    """The bundle of ``--model`` (``classify``, ``info``)."""
+    from kws.bundle import load_bundle
+
+    return load_bundle(args.model)
+
+
+def _load_models(args):
+    """The bundles of every ``--model`` (or the config's ``model``), and the config file's settings."""
     from kws.bundle import load_bundle
     from kws.config import Config, load_config
 
-    config = load_config(args.config) if getattr(args, "config", None) else Config()
-    return load_bundle(args.model or config.model), config
+    config = load_config(args.config) if args.config else Config()
+    bundles = [load_bundle(model) for model in args.model or config.models or [None]]
+    for i, bundle in enumerate(bundles):
+        for other in bundles[:i]:
+            if other.name == bundle.name:
+                same = other.json_path.resolve() == bundle.json_path.resolve()
+                raise ConfigError(
+                    f"model {bundle.name} is given twice ({other.json_path}"
+                    + (")" if same else f" and {bundle.json_path}, both named {bundle.name})")
+                    + ": give each model once; a copy needs a name of its own (\"name\" in its .json)")
+    return bundles, config
 
 
-def _detector_settings(args, bundle, config):
-    from kws.config import check_against_model
-    from kws.spotter import detector_settings_for
+def _spotter(args, bundles, config):
+    """One spotter for all models, each with its own detector settings (config keys resolved per model)."""
+    from kws.config import check_against_models, for_model
+    from kws.spotter import ModelHead, MultiSpotter, detector_settings_for
 
-    check_against_model(config, bundle.labels, bundle.keywords, str(args.config))
-    thresholds = dict(bundle.thresholds)
-    thresholds.update(config.thresholds)
-    if args.threshold is not None:
-        thresholds = {k: args.threshold for k in thresholds}
+    check_against_models(config, {b.name: b.keywords for b in bundles}, str(args.config))
     keywords = tuple(args.keywords.split(",")) if args.keywords else config.keywords
+    if keywords is not None:
+        unknown = sorted({k for k in keywords if not any(k in b.keywords for b in bundles)})
+        if unknown and len(bundles) == 1:
+            raise ConfigError(f"keyword(s) {', '.join(unknown)} not in the model; it knows {', '.join(bundles[0].keywords)}")
+        if unknown:
+            raise ConfigError(f"keyword(s) {', '.join(unknown)} not in any of the models; "
+                              + "; ".join(f"{b.name} knows {', '.join(b.keywords)}" for b in bundles))
     detector = dict(config.detector)
     for option in ("stride_ms", "smoothing_s", "refractory_s"):
         if getattr(args, option) is not None:
             detector[option] = getattr(args, option)
-    return detector_settings_for(bundle, thresholds=thresholds, keywords=keywords, **detector)
+    heads = []
+    for bundle in bundles:
+        thresholds = dict(bundle.thresholds)
+        thresholds.update(for_model(config.thresholds, bundle.name, bundle.keywords))
+        if args.threshold is not None:
+            thresholds = {k: args.threshold for k in thresholds}
+        own = None if keywords is None else tuple(k for k in keywords if k in bundle.keywords)
+        if keywords and not own:  # (an empty list in the config silences every model, as before)
+            _LOGGER.warning("model %s knows none of the keywords %s: it is not run", bundle.name, ", ".join(keywords))
+            continue
+        settings = detector_settings_for(bundle, thresholds=thresholds, keywords=own, **detector)
+        heads.append(ModelHead(bundle, settings))
+    return MultiSpotter(heads)
 
 
 def _flush(spotter, seconds: float) -> list:
     """Silence after the end of a stream, so a keyword at the very end still fills a window."""
-    samples = int(seconds * spotter.bundle.features.sample_rate_hz)
+    samples = int(seconds * spotter.sample_rate_hz)
     return spotter.feed(np.zeros(samples, np.float32))
 
 
@@ -70,55 +102,72 @@ def _raise_stop(signum, frame):
 def cmd_listen(args) -> int:
     from kws.actions import Dispatcher, HookAction, JsonLinesAction
     from kws.sources import open_source
-    from kws.spotter import KeywordSpotter
 
-    bundle, config = _load_model(args)
-    settings = _detector_settings(args, bundle, config)
-    spotter = KeywordSpotter(bundle, settings)
-    source = open_source(args.input, bundle.features.sample_rate_hz, args.device or config.device)
+    bundles, config = _load_models(args)
+    spotter = _spotter(args, bundles, config)
     actions = [JsonLinesAction()]
     if config.hooks.commands:
         actions.append(HookAction(config.hooks))
+    collector = None
+    save_dir = args.save_detections or config.save_detections
+    if save_dir is not None:
+        from kws.capture import CaptureSettings, ClipCollector, ClipWriter
+
+        capture = CaptureSettings(Path(save_dir), sample_rate_hz=spotter.sample_rate_hz)
+        actions.append(ClipWriter(capture))  # checks the folder now, before the microphone opens
+        collector = ClipCollector(capture)
+    source = open_source(args.input, spotter.sample_rate_hz, args.device or config.device)
     dispatcher = Dispatcher(actions)
     signal.signal(signal.SIGTERM, _raise_stop)
-    _LOGGER.info("model %s (%s), keywords %s; reading %s", bundle.name, bundle.json_path,
-                 ", ".join(settings.keywords or bundle.keywords), source.description)
+    models = "; ".join(f"model {h.bundle.name} ({h.bundle.json_path}), keywords "
+                       f"{', '.join(h.settings.keywords or h.bundle.keywords)}" for h in spotter.heads)
+    _LOGGER.info("%s; reading %s", models, source.description)
+    if collector is not None:
+        _LOGGER.info("saving the audio around each detection to %s", collector.settings.directory)
     reported, reported_at = 0, -math.inf
     try:
         for chunk in source.chunks():
-            for detection in spotter.feed(chunk):
+            detections = spotter.feed(chunk)
+            for detection in detections:
                 dispatcher.submit(detection)
+            for clip in collector.feed(chunk, detections) if collector is not None else ():
+                dispatcher.submit(clip)
             overruns = getattr(source, "overruns", 0)
             if overruns > reported and time.monotonic() - reported_at >= OVERRUN_REPORT_S:
                 _LOGGER.warning("fell behind the microphone: %d audio block(s) dropped so far", overruns)
                 reported, reported_at = overruns, time.monotonic()
-        for detection in _flush(spotter, bundle.window_s):
+        detections = _flush(spotter, spotter.window_s)  # silence, not audio: clips do not get it
+        for detection in detections:
             dispatcher.submit(detection)
+        for clip in collector.feed(np.zeros(0, np.float32), detections) if collector is not None else ():
+            dispatcher.submit(clip)
     except (KeyboardInterrupt, _Stop):
         _LOGGER.info("stopping")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while closing ends kws at once
         source.close()
+        for clip in collector.finish() if collector is not None else ():  # what there is of their post-roll
+            dispatcher.submit(clip)
         dispatcher.close()
     return 0
 
 
 def cmd_detect(args) -> int:
     from kws.sources import FileSource
-    from kws.spotter import KeywordSpotter
 
-    bundle, config = _load_model(args)
-    spotter = KeywordSpotter(bundle, _detector_settings(args, bundle, config))
-    source = FileSource(args.file, bundle.features.sample_rate_hz)
+    bundles, config = _load_models(args)
+    spotter = _spotter(args, bundles, config)
+    source = FileSource(args.file, spotter.sample_rate_hz)
     detections = []
     for chunk in source.chunks():
         detections += spotter.feed(chunk)
-    detections += _flush(spotter, bundle.window_s)
+    detections += _flush(spotter, spotter.window_s)
+    several = len(spotter.heads) > 1
     for d in detections:
         if args.json:
             print(json.dumps({"file": str(args.file), **d.to_dict()}))
         else:
-            print(f"{d.offset_s:8.2f} s  {d.keyword:<10} {d.score:.3f}")
+            print(f"{d.offset_s:8.2f} s  {d.keyword:<10} {d.score:.3f}" + (f"  {d.model}" if several else ""))
     if not args.json:
         _LOGGER.info("%d detection(s) in %.2f s of audio", len(detections), source.audio.size / source.sample_rate_hz)
     return 0
@@ -139,7 +188,7 @@ def cmd_classify(args) -> int:
     from kws.features import Mfcc
     from kws.interpreter import Classifier, make_interpreter
 
-    bundle, _ = _load_model(args)
+    bundle = _load_model(args)
     classifier = Classifier(make_interpreter(bundle.model_content))
     mfcc = Mfcc(bundle.features)
     failures = 0
@@ -186,7 +235,7 @@ def cmd_devices(args) -> int:
 def cmd_info(args) -> int:
     from kws.interpreter import backend
 
-    bundle, _ = _load_model(args)
+    bundle = _load_model(args)
     engine = backend()
     info = {
         "model": bundle.name, "manifest": str(bundle.json_path), "tflite": str(bundle.tflite_path),
@@ -230,8 +279,12 @@ def cmd_record(args) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser, detector: bool) -> None:
-    p.add_argument("--model", help="bundle name in models/ or path to its .json/.tflite (default: kws12)")
-    if detector:
+    if not detector:
+        p.add_argument("--model", help="bundle name in models/ or path to its .json/.tflite (default: kws12)")
+    else:
+        p.add_argument("--model", action="append", metavar="MODEL",
+                       help="bundle name in models/ or path to its .json/.tflite (default: kws12); "
+                            "repeat to run several models at once")
         p.add_argument("--config", type=Path, help="TOML config (model, device, thresholds, hooks)")
         p.add_argument("--keywords", help="comma-separated keywords that may fire (default: all)")
         p.add_argument("--threshold", type=float, help="one threshold for every keyword, 0 to 1")
@@ -251,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, detector=True)
     p.add_argument("--device", help="input device: index or part of its name (see `kws devices`)")
     p.add_argument("--input", help="read an audio file, or - for raw 16-bit mono PCM on stdin, instead of a microphone")
+    p.add_argument("--save-detections", type=Path, metavar="DIR",
+                   help="save the audio around each detection (1.5 s before to 0.5 s after) as WAV files in DIR")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("detect", help="stream a file through the detector; print each detection's offset")

@@ -2,9 +2,10 @@
 
 Example::
 
-    model = "kws12"                  # bundle name in models/, or a path (relative to this file)
+    model = "kws12"                  # bundle name in models/, or a path (relative to this file); or a list
     device = "USB"                   # input device: index or part of its name (`kws devices`)
     keywords = ["yes", "stop"]       # only these fire (default: all)
+    save_detections = "captures/_unknown_"   # the audio around each detection (relative to this file)
 
     [detector]
     stride_ms = 100
@@ -13,6 +14,7 @@ Example::
 
     [thresholds]                     # per keyword; others keep the model's defaults
     stop = 0.8
+    "kws12/on" = 0.9                 # MODEL/keyword: that model only; wins over a plain key
 
     [hooks]
     timeout_s = 10
@@ -31,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from kws.actions import HookSettings
+from kws.actions import ANY_KEYWORD, HookSettings, model_key, split_key
 from kws.cli_common import load_toml
 from kws.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
 
-_TOP_KEYS = {"model", "device", "keywords", "detector", "thresholds", "hooks"}
+_TOP_KEYS = {"model", "device", "keywords", "save_detections", "detector", "thresholds", "hooks"}
 _DETECTOR_KEYS = {"stride_ms", "smoothing_s", "refractory_s"}
 _HOOK_KEYS = {"timeout_s", "max_parallel", "commands"}
 
@@ -46,9 +48,12 @@ _HOOK_KEYS = {"timeout_s", "max_parallel", "commands"}
 class Config:
     """Settings from a config file; None means "not set here"."""
 
-    model: str | None = None
+    models: tuple[str, ...] = ()
+    """Bundle names or paths (``model``: one, or a list); empty = not set."""
     device: str | None = None
     keywords: tuple[str, ...] | None = None
+    save_detections: Path | None = None
+    """Folder for the audio around each detection (``kws listen``)."""
     detector: Mapping[str, float] = field(default_factory=dict)
     thresholds: Mapping[str, float] = field(default_factory=dict)
     hooks: HookSettings = field(default_factory=HookSettings)
@@ -82,12 +87,13 @@ def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     raw = _check_keys(str(path), load_toml(path), _TOP_KEYS)
-    model = raw.get("model")
-    if model is not None:
-        if not isinstance(model, str) or not model:
-            raise ConfigError(f"{path}: model must be a bundle name or path")
-        if "/" in model or model.endswith((".json", ".tflite")):
-            model = str((path.parent / model).resolve())
+    models = raw.get("model", ())
+    if isinstance(models, str):
+        models = [models]
+    if "model" in raw and not (isinstance(models, list) and models and all(isinstance(m, str) and m for m in models)):
+        raise ConfigError(f"{path}: model must be a bundle name or path, or a list of them")
+    models = tuple(str((path.parent / m).resolve()) if "/" in m or m.endswith((".json", ".tflite")) else m
+                   for m in models)
     device = raw.get("device")
     if device is not None and not isinstance(device, (str, int)):
         raise ConfigError(f"{path}: device must be an index or part of a device name")
@@ -96,6 +102,11 @@ def load_config(path: str | Path) -> Config:
         if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
             raise ConfigError(f"{path}: keywords must be a list of strings")
         keywords = tuple(keywords)
+    save_detections = raw.get("save_detections")
+    if save_detections is not None:
+        if not isinstance(save_detections, str) or not save_detections:
+            raise ConfigError(f"{path}: save_detections must be the path of a folder")
+        save_detections = path.parent / Path(save_detections).expanduser()
     detector = {k: _number(f"{path}: detector.{k}", v)
                 for k, v in _check_keys(f"{path}: [detector]", raw.get("detector", {}), _DETECTOR_KEYS).items()}
     thresholds = raw.get("thresholds", {})
@@ -116,14 +127,44 @@ def load_config(path: str | Path) -> Config:
         hooks = HookSettings(commands=commands, **hook_options)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
-    return Config(model=model, device=None if device is None else str(device), keywords=keywords,
-                  detector=detector, thresholds=thresholds, hooks=hooks)
+    return Config(models=models, device=None if device is None else str(device), keywords=keywords,
+                  save_detections=save_detections, detector=detector, thresholds=thresholds, hooks=hooks)
 
 
-def check_against_model(config: Config, labels: tuple[str, ...], keywords: tuple[str, ...], where: str) -> None:
-    """Names in the config must be keywords of the model (``*`` is allowed for hooks)."""
+def check_against_models(config: Config, models: Mapping[str, tuple[str, ...]], where: str) -> None:
+    """Keys in ``[thresholds]`` and ``[hooks.commands]`` must name keywords of the loaded models.
+
+    ``models`` maps each loaded model's name to its keywords. A plain ``keyword``
+    must be a keyword of at least one model; ``MODEL/keyword`` needs ``MODEL``
+    loaded and knowing ``keyword``. ``*`` and ``MODEL/*`` are allowed for hooks.
+    """
+    def known(model: str) -> str:
+        return f"{model} knows {', '.join(models[model])}"
+
     for name, section in (("thresholds", config.thresholds), ("hooks.commands", config.hooks.commands)):
-        unknown = sorted(set(section) - set(keywords) - ({"*"} if name == "hooks.commands" else set()))
+        wildcard = {ANY_KEYWORD} if name == "hooks.commands" else set()
+        unknown = []
+        for key in section:
+            model, keyword = split_key(key)
+            if model is None:
+                if keyword not in wildcard and not any(keyword in words for words in models.values()):
+                    unknown.append(key)
+            elif model not in models:
+                raise ConfigError(f"{where}: {name} names {key}, but no model {model} is loaded "
+                                  f"(loaded: {', '.join(models)}): load it with --model, or remove the key")
+            elif keyword not in wildcard and keyword not in models[model]:
+                raise ConfigError(f"{where}: {name} names {key}, but model {model} has no keyword {keyword} "
+                                  f"({known(model)})")
+        if unknown and len(models) == 1:
+            raise ConfigError(f"{where}: {name} names {', '.join(sorted(unknown))}, not keyword(s) of the model "
+                              f"({', '.join(next(iter(models.values())))})")
         if unknown:
-            raise ConfigError(f"{where}: {name} names {', '.join(unknown)}, not keyword(s) of the model "
-                              f"({', '.join(keywords)})")
+            raise ConfigError(f"{where}: {name} names {', '.join(sorted(unknown))}, not keyword(s) of any "
+                              f"loaded model ({'; '.join(known(m) for m in models)})")
+
+
+def for_model(section: Mapping[str, Any], model: str, keywords: tuple[str, ...]) -> dict[str, Any]:
+    """The values of a ``keyword``-keyed table that apply to ``model``: plain keys, then its ``MODEL/keyword`` keys."""
+    values = {k: v for k, v in section.items() if k in keywords}
+    values.update({k: section[model_key(model, k)] for k in keywords if model_key(model, k) in section})
+    return values

@@ -1,14 +1,22 @@
-"""Audio in, detections out: features, a window of frames, the classifier every stride, the detector."""
+"""Audio in, detections out: features, a window of frames, the classifier every stride, the detector.
+
+A ``ModelHead`` is one model on a stream of feature frames (its window,
+interpreter, detector). A ``FrontEnd`` computes the frames once for every head
+whose bundle has the same ``FeatureSettings``. ``MultiSpotter`` feeds audio to
+its front ends; ``KeywordSpotter`` is the one-model case.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 
 from kws.bundle import Bundle
 from kws.detector import Detection, Detector, DetectorSettings
-from kws.features import Mfcc
+from kws.errors import ConfigError
+from kws.features import FeatureSettings, Mfcc
 from kws.interpreter import Classifier, make_interpreter
 
 _LOGGER = logging.getLogger(__name__)
@@ -22,15 +30,14 @@ def detector_settings_for(bundle: Bundle, **overrides) -> DetectorSettings:
     return DetectorSettings(**values)
 
 
-class KeywordSpotter:
-    """``feed`` float32 chunks at the model's sample rate, of any size; get detections."""
+class ModelHead:
+    """One model on a stream of feature frames: ``feed_frames`` the new frames, get detections."""
 
     def __init__(self, bundle: Bundle, settings: DetectorSettings, num_threads: int = 1):
         self.bundle = bundle
         self.settings = settings
         self.classifier = Classifier(make_interpreter(bundle.model_content, num_threads))
         self.detector = Detector(bundle.labels, settings, bundle.name)
-        self.features = Mfcc(bundle.features).stream()
         hop_ms = bundle.features.hop_ms
         self.stride_frames = max(1, int(round(settings.stride_ms / hop_ms)))
         if abs(self.stride_frames * hop_ms - settings.stride_ms) > 1e-6:
@@ -41,30 +48,26 @@ class KeywordSpotter:
         self._since_inference = 0
         self.last_probabilities: np.ndarray | None = None
 
-    def reset(self) -> None:
-        self.features.reset()
-        self.detector.reset()
-        self._window[:] = 0
-        self._frames_seen = 0
-        self._since_inference = 0
-
-    def close(self) -> None:
-        self.features.close()
+    @property
+    def name(self) -> str:
+        return self.bundle.name
 
     @property
     def stride_s(self) -> float:
         return self.stride_frames * self.bundle.features.hop_ms / 1000
 
+    def reset(self) -> None:
+        self.detector.reset()
+        self._window[:] = 0
+        self._frames_seen = 0
+        self._since_inference = 0
+
     def _frame_end_s(self) -> float:
         f = self.bundle.features
         return f.samples_for(self._frames_seen) / f.sample_rate_hz
 
-    def feed(self, audio: np.ndarray) -> list[Detection]:
-        audio = np.asarray(audio, np.float32)
-        if not np.isfinite(audio).all():  # a broken driver or wrong sample format; never feed NaN on
-            audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    def feed_frames(self, frames: np.ndarray) -> list[Detection]:
         detections = []
-        frames = self.features.feed(audio)
         window = self.bundle.window_frames
         for frame in frames:
             self._window[:-1] = self._window[1:]
@@ -76,6 +79,110 @@ class KeywordSpotter:
                 self.last_probabilities = self.classifier.predict(self._window)
                 detection = self.detector.process(self.last_probabilities, self._frame_end_s())
                 if detection is not None:
-                    _LOGGER.debug("detected %s %.3f at %.2f s", detection.keyword, detection.score, detection.offset_s)
+                    _LOGGER.debug("%s detected %s %.3f at %.2f s", self.name, detection.keyword, detection.score,
+                                  detection.offset_s)
                     detections.append(detection)
         return detections
+
+
+class FrontEnd:
+    """One streaming MFCC for every head that shares these feature settings; each frame is computed once."""
+
+    def __init__(self, settings: FeatureSettings, heads: Sequence[ModelHead]):
+        self.settings = settings
+        self.heads = list(heads)
+        self.stream = Mfcc(settings).stream()
+        self.frames_computed = 0
+        """Feature frames computed since the start (or ``reset``)."""
+
+    def feed(self, audio: np.ndarray) -> list[Detection]:
+        frames = self.stream.feed(audio)
+        self.frames_computed += len(frames)
+        return [d for head in self.heads for d in head.feed_frames(frames)]
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.frames_computed = 0
+        for head in self.heads:
+            head.reset()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class MultiSpotter:
+    """``feed`` float32 chunks at the models' sample rate, of any size; get the detections of every model.
+
+    Heads whose bundles have equal feature settings share one front end. The
+    detections of one chunk come out in stream order.
+    """
+
+    def __init__(self, heads: Sequence[ModelHead]):
+        if not heads:
+            raise ValueError("a spotter needs at least one model")
+        names = [head.name for head in heads]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(f"model {', '.join(twice)} given twice: give each model once "
+                              "(a copy of a bundle needs a name of its own in its .json)")
+        rates = {head.bundle.features.sample_rate_hz for head in heads}
+        if len(rates) > 1:
+            raise ConfigError("the models take audio at different sample rates ("
+                              + ", ".join(f"{h.name} {h.bundle.features.sample_rate_hz} Hz" for h in heads)
+                              + "): use models made for one rate")
+        self.heads = list(heads)
+        groups: dict[FeatureSettings, list[ModelHead]] = {}
+        for head in self.heads:
+            groups.setdefault(head.bundle.features, []).append(head)
+        self.front_ends = [FrontEnd(settings, members) for settings, members in groups.items()]
+        if len(self.heads) > 1:
+            _LOGGER.info("%d models on %d feature front end(s): %s", len(self.heads), len(self.front_ends),
+                         "; ".join(", ".join(h.name for h in fe.heads) for fe in self.front_ends))
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.heads[0].bundle.features.sample_rate_hz
+
+    @property
+    def window_s(self) -> float:
+        """The longest model window: silence to feed after a stream so every model hears its end."""
+        return max(head.bundle.window_s for head in self.heads)
+
+    def reset(self) -> None:
+        for front_end in self.front_ends:
+            front_end.reset()
+
+    def close(self) -> None:
+        for front_end in self.front_ends:
+            front_end.close()
+
+    def feed(self, audio: np.ndarray) -> list[Detection]:
+        audio = np.asarray(audio, np.float32)
+        if not np.isfinite(audio).all():  # a broken driver or wrong sample format; never feed NaN on
+            audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+        detections = [d for front_end in self.front_ends for d in front_end.feed(audio)]
+        if len(self.heads) > 1:
+            detections.sort(key=lambda d: d.offset_s)  # stable: equal offsets keep the models' order
+        return detections
+
+
+class KeywordSpotter(MultiSpotter):
+    """One model: ``feed`` float32 chunks at the model's sample rate, of any size; get detections."""
+
+    def __init__(self, bundle: Bundle, settings: DetectorSettings, num_threads: int = 1):
+        super().__init__([ModelHead(bundle, settings, num_threads)])
+        self.head = self.heads[0]
+        self.bundle = bundle
+        self.settings = settings
+        self.classifier = self.head.classifier
+        self.detector = self.head.detector
+        self.features = self.front_ends[0].stream
+        self.stride_frames = self.head.stride_frames
+
+    @property
+    def stride_s(self) -> float:
+        return self.head.stride_s
+
+    @property
+    def last_probabilities(self) -> np.ndarray | None:
+        return self.head.last_probabilities

@@ -63,6 +63,15 @@ def test_only_matching_hooks_run(tmp_path):
     assert json.loads(anything.read_text())["env"]["KWS_KEYWORD"] == "stop"
 
 
+def test_model_keyword_hooks_win_over_plain_ones():
+    settings = HookSettings(commands={"on": (("plain",),), "kws12/on": (("mine",),), "*": (("any",),),
+                                      "other/*": (("others",),)})
+    assert settings.for_keyword("on") == [("plain",), ("any",)]
+    assert settings.for_keyword("on", "kws12") == [("mine",), ("any",)]
+    assert settings.for_keyword("on", "other") == [("plain",), ("others",)]
+    assert settings.for_keyword("off", "kws12") == [("any",)]
+
+
 def test_hanging_hook_is_killed_and_others_go_on(tmp_path, caplog):
     out = tmp_path / "after.json"
     hang = (PY, "-c", "import time; time.sleep(60)")
@@ -133,7 +142,7 @@ yes = ["lights", "on"]
 stop = [["mpc", "stop"], ["sh", "-c", "echo stopped"]]
 ''')
     config = load_config(path)
-    assert config.model == "kws12" and config.device == "USB" and config.keywords == ("yes", "stop")
+    assert config.models == ("kws12",) and config.device == "USB" and config.keywords == ("yes", "stop")
     assert config.detector == {"stride_ms": 60.0, "refractory_s": 2.0}
     assert config.thresholds == {"stop": 0.8}
     assert config.hooks.timeout_s == 3.0

@@ -1,4 +1,4 @@
-"""``kws-train``: synthesize, train, quantize, evaluate and export models."""
+"""``kws-train``: synthesize, train, quantize, evaluate and export models; evaluate and calibrate bundles on streams."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def cmd_evaluate(args, timer) -> None:
 def cmd_export(args, timer) -> None:
     from training.run import Run, step_export
 
-    path = step_export(Run(args.run), args.name, args.out, args.threshold)
+    path = step_export(Run(args.run), args.name or args.run.resolve().name, args.out, args.threshold)
     print(path)
 
 
@@ -124,7 +124,7 @@ def cmd_all(args, timer) -> None:
     step_train(run, *_settings(args), timer)
     step_quantize(run, timer, args.representative)
     step_evaluate(run, args.test, timer)
-    print(step_export(run, args.name, args.out, args.threshold))
+    print(step_export(run, args.name or args.run.resolve().name, args.out, args.threshold))
 
 
 def cmd_teachers(args, timer) -> None:
@@ -183,6 +183,178 @@ def cmd_synth(args, timer) -> None:
     print(f"{len(paths)} clips in {args.out}")
 
 
+def _stream_inputs(args, need_negatives: bool):
+    """Bundle, settings and every input of evaluate-stream / calibrate, checked before any audio is scored."""
+    from kws.bundle import load_bundle
+    from kws.spotter import detector_settings_for
+    from training import stream_eval as se
+
+    bundle = load_bundle(args.bundle)
+    noise_given = bool(args.noise)
+    snrs = tuple(args.snr) if args.snr is not None else (se.DEFAULT_SNRS_DB if noise_given else ())
+    settings = se.StreamEvalSettings(snrs_db=snrs, seed=args.seed, max_positives=args.max_positives,
+                                     stride_ms=args.stride_ms)
+    detector = detector_settings_for(bundle, stride_ms=settings.stride_ms,
+                                     smoothing_s=getattr(args, "smoothing_s", None),
+                                     refractory_s=getattr(args, "refractory_s", None))
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0 < threshold <= 1:
+        raise KwsError(f"--threshold {threshold}: must be in (0, 1]")
+    if not args.target_fa_per_hour >= 0:
+        raise KwsError(f"--target-fa-per-hour {args.target_fa_per_hour}: must not be negative")
+    keyword = clips = None
+    if args.positives is not None:
+        clips = se.positive_clips(args.positives, settings.max_positives)
+        keyword = se.positive_keyword(bundle, args.positives, args.keyword)
+        if snrs and not noise_given:
+            raise KwsError("the SNR conditions need background noise: pass --noise DIR (e.g. household recordings), "
+                           "or --snr without values for the clean condition only")
+    listing = se.negative_files(args.negatives, bundle.keywords) if args.negatives else None
+    if need_negatives and listing is None:
+        raise KwsError("calibration needs negative audio: pass --negatives PATH (files or folders)")
+    noise = se.load_noise(args.noise, bundle.features.sample_rate_hz) if clips and snrs else None
+    if clips and not snrs:
+        _LOGGER.info("no --noise: positives are measured clean only")
+    return bundle, settings, detector, keyword, clips, listing, noise
+
+
+def _score(args, timer, bundle, settings, detector, keyword, clips, listing, noise):
+    from training import stream_eval as se
+
+    scorer = se.StreamScorer(bundle, settings.stride_ms)
+    positives = negatives = None
+    if clips:
+        with timer.stage("score positives"):
+            positives = se.score_positives(scorer, clips, keyword, settings, noise, str(args.positives))
+    if listing is not None:
+        with timer.stage("score negatives"):
+            negatives = se.score_negatives(scorer, listing)
+    with timer.stage("smooth"):
+        replayer = se.Replayer(bundle, detector, negatives, positives)
+    return replayer
+
+
+def _describe_inputs(bundle, replayer) -> None:
+    from training import stream_eval as se
+
+    print(f"model {bundle.name} ({bundle.json_path}); detector {se.describe_detector(replayer.settings)}")
+    positives, negatives = replayer.positives, replayer.negatives
+    if positives is not None:
+        noise = f"; noise from {', '.join(positives.noise)}" if positives.noise else ""
+        print(f"positives: {positives.clips} clip(s) of '{positives.keyword}' from {positives.source}, each between "
+              f"{se.PAD_S:g} s of background; conditions {', '.join(positives.streams)}{noise}")
+        for line in positives.skipped:
+            print(f"  skipped (unreadable): {line}")
+    if negatives is not None:
+        left_out = f", {negatives.excluded} utterance(s) left out for a keyword in the transcript" if negatives.excluded else ""
+        print(f"negatives: {negatives.hours:.3f} h in {len(negatives.streams)} file(s) from "
+              f"{', '.join(negatives.sources)}{left_out}; one false accept = {1 / negatives.hours:.2f} per hour")
+        for line in negatives.skipped:
+            print(f"  skipped (unreadable): {line}")
+
+
+def cmd_evaluate_stream(args, timer) -> None:
+    import json
+
+    from kws.bundle import atomic_write
+    from training import stream_eval as se
+
+    inputs = _stream_inputs(args, need_negatives=False)
+    bundle, settings = inputs[0], inputs[1]
+    if args.positives is None and not args.negatives:
+        raise KwsError("nothing to evaluate: pass --positives DIR and/or --negatives PATH")
+    out = args.out if args.out is not None else Path(f"stream_eval_{bundle.name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KwsError(f"output folder {out} cannot be created: {error.strerror}") from None
+    replayer = _score(args, timer, *inputs)
+    with timer.stage("replay"):
+        own = replayer.point(replayer.settings if args.threshold is None else replayer.at(args.threshold))
+        rows = [(se.threshold_label(own, "bundle" if args.threshold is None else "--threshold"), own)]
+        rate = None
+        if replayer.negatives is not None:
+            rate = se.threshold_for_rate(replayer, args.target_fa_per_hour,
+                                         replayer.candidate_thresholds(settings.grid()))
+            what = (f"<= {rate.target_fa_per_hour:g} FA/h" if rate.target_met
+                    else f"best; {rate.target_fa_per_hour:g} FA/h not met")
+            rows.append((f"{rate.threshold:g} ({what})", replayer.point(replayer.at(rate.threshold))))
+        sweep = replayer.sweep(replayer.usable(settings.det_grid()))
+    conditions = list(replayer.positives.streams) if replayer.positives else []
+    _describe_inputs(bundle, replayer)
+    print(se.table(rows, conditions))
+    written = []
+    if replayer.negatives is not None and conditions:
+        with timer.stage("plot"):
+            title = (f"{bundle.name}: '{replayer.positives.keyword}' x {replayer.positives.clips} clips, "
+                     f"{replayer.negatives.hours:.2f} h of negatives; {se.describe_detector(replayer.settings)}")
+            se.save_det(replayer, sweep, {label: point for label, point in rows}, title, out / "det.png",
+                        args.target_fa_per_hour)
+        written.append(out / "det.png")
+    elif replayer.negatives is None:
+        _LOGGER.info("no --negatives: no false accepts per hour and no DET curve")
+    figures = {
+        "model": bundle.name, "manifest": str(bundle.json_path),
+        "detector": {"stride_ms": replayer.settings.stride_ms, "smoothing_s": replayer.settings.smoothing_s,
+                     "refractory_s": replayer.settings.refractory_s},
+        "settings": {"snrs_db": list(settings.snrs_db), "pad_s": settings.pad_s, "floor_rms": settings.floor_rms,
+                     "seed": settings.seed, "max_positives": settings.max_positives},
+        "positives": replayer.positives.to_dict() if replayer.positives else None,
+        "negatives": replayer.negatives.to_dict() if replayer.negatives else None,
+        "at_thresholds": rows[0][1].to_dict(),
+        "for_target": None if rate is None else {**rate.to_dict(), "frr": rows[1][1].to_dict()["frr"],
+                                                 "wrong_keyword": dict(rows[1][1].wrong_keyword)},
+        "sweep": [p.to_dict() for p in sweep],
+    }
+    atomic_write(out / "stream_eval.json", (json.dumps(figures, indent=1) + "\n").encode())
+    written.append(out / "stream_eval.json")
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def cmd_calibrate(args, timer) -> None:
+    from training import stream_eval as se
+
+    inputs = _stream_inputs(args, need_negatives=True)
+    bundle, settings = inputs[0], inputs[1]
+    replayer = _score(args, timer, *inputs)
+    with timer.stage("replay"):
+        rate = se.threshold_for_rate(replayer, args.target_fa_per_hour, replayer.candidate_thresholds(settings.grid()))
+    if not rate.target_met:
+        raise KwsError(f"no threshold up to {rate.threshold:g} gives at most {rate.target_fa_per_hour:g} false accepts "
+                       f"per hour on {rate.negative_hours:.2f} h of negatives (best: {rate.fa_per_hour:.2f}/h); "
+                       f"{bundle.json_path} is unchanged: raise --target-fa-per-hour or train with these negatives")
+    point = replayer.point(replayer.at(rate.threshold)) if replayer.positives else None
+    se.write_calibration(bundle, rate, replayer.settings, replayer.negatives, replayer.positives, point)
+    _describe_inputs(bundle, replayer)
+    if rate.target_fa_per_hour < rate.one_false_accept_per_hour:
+        print(f"note: one false accept in {rate.negative_hours:.2f} h is {rate.one_false_accept_per_hour:.2f}/h, above "
+              f"the target: the threshold allows none here; more negative audio gives a finer estimate")
+    print(f"threshold {rate.threshold:g} for every keyword: {rate.false_accepts} false accept(s) = "
+          f"{rate.fa_per_hour:.2f} per hour (target {rate.target_fa_per_hour:g}; {rate.thresholds_tried} thresholds tried)")
+    if point is not None:
+        print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
+    print(f"wrote the threshold and a calibration record into {bundle.json_path}")
+
+
+def _add_stream_options(p: argparse.ArgumentParser, negatives_required: bool) -> None:
+    p.add_argument("bundle", help="bundle name in models/ or path to its .json")
+    p.add_argument("--negatives", type=Path, nargs="+", action="extend", required=negatives_required,
+                   metavar="PATH", help="audio files or folders without the keywords (a folder with INDEX.csv: only "
+                   "utterances whose transcript has no keyword); unreadable files are reported and skipped")
+    p.add_argument("--positives", type=Path, metavar="DIR",
+                   help="folder of clips of one keyword")
+    p.add_argument("--keyword", help="the keyword the positives say (default: the folder's name, or the only keyword)")
+    p.add_argument("--noise", type=Path, nargs="+", action="extend", metavar="DIR",
+                   help="folders of background noise for the SNR conditions")
+    p.add_argument("--snr", type=float, nargs="*", metavar="DB",
+                   help="SNRs of the noisy conditions besides clean (default 20 10 5 0 with --noise)")
+    p.add_argument("--max-positives", type=int, default=0, help="use at most this many clips, spread evenly (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="chooses the noise stretches (default 0)")
+    p.add_argument("--stride-ms", type=float, default=100.0, help="audio between inferences (default 100)")
+    p.add_argument("--target-fa-per-hour", type=float, default=0.5,
+                   help="false accepts per hour allowed on the negatives (default 0.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kws-train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -212,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_train_options(p)
             p.add_argument("--representative", type=int, default=500)
             p.add_argument("--test", type=Path, action="append", default=[])
-        p.add_argument("--name", default="kws12", help="bundle name (default kws12)")
+        p.add_argument("--name", help="bundle name (default: the run folder's name, so the bundled kws12 is only "
+                       "replaced on purpose)")
         p.add_argument("--out", type=Path, default=Path("models"), help="folder for the bundle (default models/)")
         p.add_argument("--threshold", type=float, default=0.7, help="default detection threshold per keyword")
         p.set_defaults(func=func)
@@ -239,6 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", help="subset of espeak-ng flite festival piper")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("evaluate-stream", help="a bundle's runtime detector over long audio: FRR per SNR, false "
+                       "accepts per hour, DET curve")
+    _add_stream_options(p, negatives_required=False)
+    p.add_argument("--out", type=Path, default=None, help="folder for det.png and stream_eval.json "
+                   "(default stream_eval_<bundle name>)")
+    p.add_argument("--smoothing-s", type=float, help="span of score averaging (default: the bundle's)")
+    p.add_argument("--refractory-s", type=float, help="quiet time after a detection (default: the bundle's)")
+    p.add_argument("--threshold", type=float, help="one threshold for every keyword (default: the bundle's)")
+    p.set_defaults(func=cmd_evaluate_stream)
+
+    p = sub.add_parser("calibrate", help="choose the threshold for a false-accept rate on negatives; write it "
+                       "into the bundle's manifest")
+    _add_stream_options(p, negatives_required=True)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

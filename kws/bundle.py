@@ -69,6 +69,8 @@ class Bundle:
     macs: int | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+    """How the thresholds were chosen (``kws-train calibrate``); empty if they were not calibrated."""
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -189,6 +191,8 @@ def load_bundle(model: str | os.PathLike | None = None, check_interpreter: bool 
     except (TypeError, ValueError):
         raise BundleError(f"model manifest {json_path}: detector.smoothing_s and refractory_s must be numbers") from None
 
+    calibration = _calibration(manifest, json_path)
+
     bundle = Bundle(
         name=str(manifest.get("name", json_path.stem)),
         json_path=json_path,
@@ -208,10 +212,28 @@ def load_bundle(model: str | os.PathLike | None = None, check_interpreter: bool 
         macs=manifest.get("macs"),
         training=manifest.get("training", {}),
         metrics=manifest.get("metrics", {}),
+        calibration=calibration,
     )
     if check_interpreter:
         check_model(bundle)
     return bundle
+
+
+CALIBRATION_NUMBERS = ("threshold", "target_fa_per_hour", "fa_per_hour", "negative_hours")
+"""Fields of the optional ``calibration`` object that must be numbers when present."""
+
+
+def _calibration(manifest: Mapping[str, Any], where: Path) -> Mapping[str, Any]:
+    """The optional ``calibration`` object written by ``kws-train calibrate``; {} when absent."""
+    calibration = manifest.get("calibration", {})
+    if not isinstance(calibration, dict):
+        raise BundleError(f"model manifest {where}: 'calibration' must be a JSON object (or absent)")
+    for key in CALIBRATION_NUMBERS:
+        value = calibration.get(key, 0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise BundleError(f"model manifest {where}: calibration.{key} must be a number; "
+                              "recalibrate with kws-train calibrate or remove 'calibration'")
+    return calibration
 
 
 def check_model(bundle: Bundle) -> None:

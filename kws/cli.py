@@ -247,7 +247,7 @@ def cmd_info(args) -> int:
                   "zero_point": bundle.input.zero_point},
         "output": {"dtype": bundle.output.dtype, "shape": list(bundle.output.shape), "scale": bundle.output.scale,
                    "zero_point": bundle.output.zero_point},
-        "metrics": bundle.metrics,
+        "metrics": bundle.metrics, "calibration": dict(bundle.calibration) or None,
         "backend": engine.name, "backend_version": engine.version, "kws_version": __version__,
     }
     if args.json:
@@ -265,8 +265,23 @@ def cmd_info(args) -> int:
           f"smoothing {bundle.smoothing_s:g} s, refractory {bundle.refractory_s:g} s")
     for name, kinds in bundle.metrics.items():
         print(f"accuracy    {name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in kinds.items()))
+    if bundle.calibration:
+        print(f"calibration {_calibration_line(bundle.calibration)}")
     print(f"interpreter {engine.name} {engine.version}")
     return 0
+
+
+def _calibration_line(calibration) -> str:
+    """One line about a bundle's ``calibration`` (numbers validated on load; other fields shown as they are)."""
+    c = calibration
+    text = (f"threshold {c.get('threshold', 0):g} for at most {c.get('target_fa_per_hour', 0):g} false accepts "
+            f"per hour (measured {c.get('fa_per_hour', 0):.2f}/h on {c.get('negative_hours', 0):.2f} h of negatives")
+    text += f", {c['date']})" if c.get("date") else ")"
+    frr = c.get("frr")
+    if isinstance(frr, dict) and frr:
+        text += "; false rejects " + ", ".join(f"{k} {v:.1%}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                               for k, v in frr.items())
+    return text
 
 
 def cmd_record(args) -> int:

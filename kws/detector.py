@@ -96,8 +96,21 @@ class Detector:
         self._last_fire_s = -np.inf
 
     def process(self, probabilities: np.ndarray, offset_s: float) -> Detection | None:
+        return self.decide(self.smooth(probabilities), offset_s)
+
+    def smooth(self, probabilities: np.ndarray) -> np.ndarray:
+        """Add one inference's probabilities to the history; the smoothed scores of every label."""
         self._history.append(np.asarray(probabilities, np.float32))
-        smoothed = np.mean(self._history, axis=0)[self._fire]
+        return np.mean(self._history, axis=0)
+
+    def decide(self, smoothed: np.ndarray, offset_s: float) -> Detection | None:
+        """Thresholds, re-arming and the refractory period on one inference's smoothed scores (every label).
+
+        ``process`` is ``smooth`` then ``decide``. A step where no keyword reaches its
+        threshold only re-arms every keyword, so a replay of stored scores may skip all
+        but the first of a run of such steps and still decide exactly as ``process``.
+        """
+        smoothed = np.asarray(smoothed, np.float32)[self._fire]
         above = smoothed >= self._thresholds
         # A keyword re-arms once its score falls below its threshold, so one
         # long utterance cannot fire twice even after the refractory period.

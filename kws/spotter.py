@@ -30,6 +30,11 @@ def detector_settings_for(bundle: Bundle, **overrides) -> DetectorSettings:
     return DetectorSettings(**values)
 
 
+def stride_frames_for(features: FeatureSettings, stride_ms: float) -> int:
+    """Feature hops between two inferences: ``stride_ms`` rounded to whole hops, at least one."""
+    return max(1, int(round(stride_ms / features.hop_ms)))
+
+
 class ModelHead:
     """One model on a stream of feature frames: ``feed_frames`` the new frames, get detections."""
 
@@ -39,7 +44,7 @@ class ModelHead:
         self.classifier = Classifier(make_interpreter(bundle.model_content, num_threads))
         self.detector = Detector(bundle.labels, settings, bundle.name)
         hop_ms = bundle.features.hop_ms
-        self.stride_frames = max(1, int(round(settings.stride_ms / hop_ms)))
+        self.stride_frames = stride_frames_for(bundle.features, settings.stride_ms)
         if abs(self.stride_frames * hop_ms - settings.stride_ms) > 1e-6:
             _LOGGER.info("stride %.1f ms rounded to %d feature hops (%.1f ms)", settings.stride_ms,
                          self.stride_frames, self.stride_frames * hop_ms)

@@ -742,6 +742,10 @@ def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSet
         calibration["positives"] = {"source": positives.source, "keyword": positives.keyword,
                                     "clips": positives.clips, "noise": list(positives.noise)}
     manifest["calibration"] = calibration
-    atomic_write(bundle.json_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    try:
+        atomic_write(bundle.json_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    except OSError as error:
+        raise KwsError(f"cannot write {bundle.json_path} ({error.strerror}): copy the bundle (.json and .tflite) "
+                       "to a folder you can write and calibrate the copy") from None
     load_bundle(bundle.json_path)
     return calibration

@@ -183,6 +183,80 @@ def cmd_synth(args, timer) -> None:
     print(f"{len(paths)} clips in {args.out}")
 
 
+def _custom_settings(args):
+    """``CustomSettings`` and ``TrainSettings`` from the options over ``--config`` (TOML tables [custom], [train],
+    [augment], [features]; or a custom run's settings.json, to train it again)."""
+    import json
+
+    from training.custom import DEFAULT_AUGMENT, DEFAULT_TRAIN, CustomSettings, resolve_base
+    from training.train import TrainSettings
+
+    config: dict = {}
+    if args.config is not None:
+        if args.config.suffix == ".json":
+            try:
+                config = json.loads(args.config.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise KwsError(f"config file {args.config} cannot be read as JSON ({error})") from None
+            if config.get("kind") != "custom":
+                raise KwsError(f"{args.config} is not the settings.json of a kws-train custom run")
+        else:
+            config = load_toml(args.config)
+            unknown = set(config) - {"custom", "train", "augment", "features"}
+            if unknown:
+                raise KwsError(f"{args.config}: unknown table(s) {', '.join(sorted(unknown))}; "
+                               "expected custom, train, augment, features")
+    custom = dict(config.get("custom", {}))
+    for option, key in (("word", "word"), ("samples", "samples_dir"), ("speech_commands", "speech_commands"),
+                        ("negatives", "negatives"), ("noise", "noise"), ("rir", "rir"), ("room", "room"),
+                        ("synth", "synth_clips"), ("near_misses", "near_miss_clips"), ("engines", "engines"),
+                        ("holdout", "holdout"), ("seed", "seed"), ("window_s", "window_s"),
+                        ("target_fa_per_hour", "target_fa_per_hour"), ("name", "name"), ("out", "out_dir"),
+                        ("cache", "cache_dir")):
+        value = getattr(args, option)
+        if value is not None:
+            custom[key] = value
+    for key, flag in (("word", "--word NAME"), ("samples_dir", "--samples DIR")):
+        if not custom.get(key):
+            raise KwsError(f"no {key.replace('_dir', '')} given: pass {flag} (or set it in [custom] of --config)")
+    if args.base is not None:
+        base = args.base
+    elif "base" in custom:
+        base = custom["base"] or "none"  # a settings.json records a run from scratch as null
+    else:
+        base = None
+    custom["base"] = resolve_base(base)
+    train_values = {**DEFAULT_TRAIN, **config.get("train", {})}
+    train_values["augment"] = {**DEFAULT_AUGMENT, **train_values.get("augment", {}), **config.get("augment", {})}
+    train_values["features"] = {**train_values.get("features", {}), **config.get("features", {})}
+    if args.epochs is not None:
+        train_values["epochs"] = args.epochs
+    if args.clips_per_class is not None:
+        train_values["clips_per_class"] = args.clips_per_class
+    try:
+        settings = CustomSettings.from_dict(custom)
+        train_values["seed"] = settings.seed
+        train_settings = TrainSettings.from_dict(train_values)
+    except (TypeError, ValueError) as error:
+        raise KwsError(f"{args.config or 'kws-train custom'}: {error}") from None
+    if train_settings.distill.enabled:
+        raise KwsError("kws-train custom does not distil: remove the teacher from [train] distill")
+    return settings, train_settings
+
+
+def cmd_custom(args, timer) -> None:
+    from training.custom import run_custom
+
+    settings, train_settings = _custom_settings(args)
+    figures = run_custom(args.run, settings, train_settings, timer)
+    calibration = figures["calibration"]
+    print(f"threshold {calibration['threshold']:g}: {calibration['fa_per_hour']:.2f} false accepts per hour on "
+          f"{calibration['negative_hours']:.2f} h of held-out negatives (target {calibration['target_fa_per_hour']:g}"
+          f"{'' if calibration['target_met'] else ', NOT met'})")
+    print(f"model card {args.run / (settings.bundle_name + '.md')}")
+    print(figures["bundle"])
+
+
 def _stream_inputs(args, need_negatives: bool):
     """Bundle, settings and every input of evaluate-stream / calibrate, checked before any audio is scored."""
     from kws.bundle import load_bundle
@@ -412,6 +486,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", help="subset of espeak-ng flite festival piper")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("custom", help="train a wake-word bundle for your own word from your recordings "
+                       "(kws record), quantize, calibrate and export it")
+    p.add_argument("run", type=Path, help="run folder to create")
+    p.add_argument("--word", help="the wake word (the bundle's keyword; a phrase as hey_pi)")
+    p.add_argument("--samples", type=Path, metavar="DIR", help="folder of your clips of the word (kws record output)")
+    p.add_argument("--speech-commands", type=Path, metavar="ROOT",
+                   help="Speech Commands folder: its words as _unknown_, its _background_noise_ as noise")
+    p.add_argument("--negatives", type=Path, nargs="+", action="extend", metavar="PATH",
+                   help="speech without the word (files or folders; a folder with INDEX.csv as LibriSpeech): "
+                   "windows for training, speakers held out for calibration")
+    p.add_argument("--noise", type=Path, nargs="+", action="extend", metavar="DIR", help="folders of noise recordings")
+    p.add_argument("--rir", type=Path, metavar="DIR", help="room impulse responses for the reverb augmentation")
+    p.add_argument("--room", type=Path, metavar="FILE_OR_DIR", help="a recording of the room the device listens in")
+    p.add_argument("--synth", type=int, metavar="N", help="synthetic clips of the word from the TTS engines (default 0)")
+    p.add_argument("--near-misses", type=int, metavar="N",
+                   help="TTS clips per near-miss text (parts and sound-alikes of the word) as _unknown_ (default 0)")
+    p.add_argument("--engines", nargs="+", help="TTS engines for --synth and --near-misses (default: all installed)")
+    p.add_argument("--holdout", type=float, help="share of your clips held out for evaluation (default 0.2)")
+    p.add_argument("--seed", type=int, help="seed of the splits, TTS and training (default 0)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    p.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
+    p.add_argument("--window-s", type=float, help="model window in seconds (default: from your clips, at least 1)")
+    p.add_argument("--base", help="run folder with model.keras whose conv weights start training, or 'none' "
+                   "(default: the bundled default model's run folder, models/kws12-run)")
+    p.add_argument("--target-fa-per-hour", type=float, help="calibration target (default 0.5)")
+    p.add_argument("--name", help="bundle name (default: the word)")
+    p.add_argument("--out", type=Path, help="folder for the bundle (default models/)")
+    p.add_argument("--cache", type=Path, help="folder for decoded Speech Commands audio (default: none)")
+    p.add_argument("--config", type=Path, help="TOML with [custom], [train], [augment], [features]; or a custom "
+                   "run's settings.json")
+    p.set_defaults(func=cmd_custom)
 
     p = sub.add_parser("evaluate-stream", help="a bundle's runtime detector over long audio: FRR per SNR, false "
                        "accepts per hour, DET curve")

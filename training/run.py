@@ -80,6 +80,9 @@ class Run:
         if not self.settings_path.is_file():
             raise data.DataError(f"{self.dir} is not a training run (no settings.json): run kws-train train first")
         body = json.loads(self.settings_path.read_text())
+        if body.get("kind") == "custom":
+            raise data.DataError(f"{self.dir} is a wake-word run of kws-train custom, which quantizes, evaluates and "
+                                 "exports itself: run kws-train custom again (e.g. --config RUN/settings.json)")
         return TrainSettings.from_dict(body["train"]), DataSettings.from_dict(body["data"])
 
     def need(self, name: str, step: str) -> Path:

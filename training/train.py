@@ -108,7 +108,7 @@ class EpochMaker:
         self.mfcc = Mfcc(settings.features)
         self.silence = corpus.labels.index(data.SILENCE)
         self.by_class = [corpus.indices("training", k) for k in range(len(corpus.labels))]
-        keyword_counts = [len(self.by_class[corpus.labels.index(w)]) for w in data.KEYWORDS if w in corpus.labels]
+        keyword_counts = [len(self.by_class[k]) for k, name in enumerate(corpus.labels) if not name.startswith("_")]
         self.per_class = settings.clips_per_class or int(np.mean(keyword_counts))
         for k, name in enumerate(corpus.labels):
             if k != self.silence and len(self.by_class[k]) == 0:
@@ -191,11 +191,14 @@ class FreshEpochs:
 
 
 def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTimer | None = None,
-          target_dir: Path | None = None, teacher=None):
+          target_dir: Path | None = None, teacher=None, maker: EpochMaker | None = None, prepare_model=None):
     """Train, keep the checkpoint with the best validation accuracy; returns the Keras model.
 
     With ``settings.distill`` enabled, soft targets come from a ``TargetCache`` in
     ``target_dir`` (default ``run_dir/targets``); ``teacher`` overrides loading it by name.
+    ``maker`` replaces the default ``EpochMaker(corpus, settings)``; ``prepare_model(model)``
+    runs on the freshly built model before it is compiled (e.g. to load and freeze weights).
+    The model's window is the corpus's clip length.
     """
     import keras
 
@@ -205,7 +208,7 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
     timer = timer or StageTimer()
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(settings.seed)
-    maker = EpochMaker(corpus, settings)
+    maker = maker if maker is not None else EpochMaker(corpus, settings)
     with timer.stage("features (validation)"):
         x_val, y_val = maker.validation()
     if settings.distill.enabled:
@@ -218,8 +221,10 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
     else:
         source = FreshEpochs(maker, settings.seed)
     n_classes = len(corpus.labels)
-    frames = settings.features.frames_for(data.CLIP_SAMPLES)
+    frames = settings.features.frames_for(corpus.audio.shape[1])
     model = build_model(settings.architecture, (frames, settings.features.n_mfcc), n_classes)
+    if prepare_model is not None:
+        prepare_model(model)
     trainable = logits_model(model)
     steps = settings.epochs * int(np.ceil(maker.per_class * n_classes / settings.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(

@@ -1,0 +1,190 @@
+"""``kws-train custom``: a wake-word bundle from 12 real clips of "computer", with real TensorFlow, TTS and calibration.
+
+The clips come from ../shared/data/wakewords/computer (Apache-2.0, see the LICENSE there).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws.bundle import load_bundle
+from kws.features import FeatureSettings
+from training import custom
+from training.stream_eval import condition_name
+from training.cli import _custom_settings, build_parser
+from training.synth import available_engines
+
+from conftest import ROOT, SHARED, run_kws
+
+WAKEWORDS = SHARED / "data" / "wakewords" / "computer"
+LIBRISPEECH = SHARED / "data" / "librispeech_dev_clean_part"
+
+
+def kws_train(*args: str, timeout: float = 600):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2, result.stderr.decode()[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("kws-train: error: "), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared_data):
+    """12 clips of "computer"; 3 keyword-free LibriSpeech utterances of 2 speakers under an INDEX.csv."""
+    root = tmp_path_factory.mktemp("custom")
+    samples = root / "computer"
+    samples.mkdir()
+    for path in sorted(WAKEWORDS.glob("*.ogg"))[:12]:
+        shutil.copy(path, samples / path.name)
+    with open(LIBRISPEECH / "INDEX.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    free = [r for r in rows if not r["keywords_in_transcript"] and 3 < float(r["duration_s"]) < 7]
+    speakers = sorted({r["speaker"] for r in free})[:2]
+    chosen = [r for r in free if r["speaker"] == speakers[0]][:2] + [r for r in free if r["speaker"] == speakers[1]][:1]
+    libri = root / "librispeech"
+    for row in chosen:
+        (libri / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LIBRISPEECH / row["path"], libri / row["path"])
+    with open(libri / "INDEX.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(chosen)
+    return {"root": root, "samples": samples, "libri": libri}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tiny_data):
+    """A tiny 12-class run (one epoch) whose model.keras is the transfer base."""
+    pytest.importorskip("tensorflow", reason="training needs the [train] extra")
+    root, _ = tiny_data
+    run = tmp_path_factory.mktemp("base") / "run"
+    result = kws_train("train", str(run), "--data", str(root), "--epochs", "1", "--clips-per-class", "8")
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(base_run, inputs, tiny_data, tmp_path_factory):
+    root, _ = tiny_data
+    out = tmp_path_factory.mktemp("custom_run")
+    run, models = out / "run", out / "models"
+    args = ["custom", str(run), "--word", "computer", "--samples", str(inputs["samples"]),
+            "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
+            "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
+            "--engines", "espeak-ng", "--out", str(models)]
+    result = kws_train(*args)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    return run, models, result
+
+
+def test_near_miss_texts_are_deterministic_and_never_the_word():
+    texts = custom.near_miss_texts("computer")
+    assert texts == custom.near_miss_texts("computer")
+    assert {"compu", "puter"} <= set(texts) and "computer" not in texts
+    assert any(t in custom.COMMON_WORDS for t in texts)  # curated sound-alikes
+    assert len(texts) == len(set(texts)) <= 16
+    phrase = custom.near_miss_texts("hey_pi")
+    assert {"hey", "pi"} <= set(phrase) and "hey pi" not in phrase
+    assert custom.syllables("computer") == ["com", "pu", "ter"]
+
+
+def test_window_follows_the_clips_in_whole_hops():
+    features = FeatureSettings()
+    assert custom.choose_window_s([0.5] * 10, features) == 1.0
+    assert custom.choose_window_s([1.3] * 9 + [0.4], features) == pytest.approx(1.6)
+    assert custom.whole_hops(1.01, features) == pytest.approx(1.02)
+
+
+def test_transfer_copies_conv_weights_across_window_lengths(base_run):
+    import keras
+
+    from training.models import build_model
+
+    base = keras.models.load_model(base_run / "model.keras")
+    model = build_model("ds-cnn-s", (74, 10), 3)  # a 1.5 s window, three classes
+    copied = custom.transfer_weights(model, base, freeze_first_conv=True)
+    assert "logits" not in copied and len(copied) == 18
+    for name in copied:
+        for mine, theirs in zip(model.get_layer(name).get_weights(), base.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(mine, theirs)
+    assert model.get_layer("logits").units == 3 and not model.layers[1].trainable
+
+
+def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs):
+    import keras
+
+    run, models, result = trained
+    bundle = load_bundle(models / "computer.json")
+    assert bundle.labels == ("_silence_", "_unknown_", "computer") and bundle.keywords == ("computer",)
+    assert bundle.window_frames == bundle.features.frames_for(int(bundle.window_s * 16000) + 160)
+    calibration = bundle.calibration
+    assert calibration["threshold"] == bundle.thresholds["computer"]
+    assert set(calibration["frr"]) == {"clean"} | {condition_name(s) for s in (20.0, 10.0, 5.0, 0.0)}
+    assert calibration["positives"]["clips"] == 3 and calibration["negative_hours"] > 0
+
+    settings = json.loads((run / "settings.json").read_text())
+    split = settings["split"]
+    assert len(split["positives_holdout"]) == 3 and len(split["positives_training"]) == 9
+    assert not set(split["positives_holdout"]) & set(split["positives_training"])
+    assert not set(split["negatives_calibration"]) & set(split["negatives_training"])
+    assert split["negatives_calibration"] and split["negatives_training"]
+    assert settings["custom"]["seed"] == 0 and settings["train"]["epochs"] == 2
+    again, train_again = _custom_settings(build_parser().parse_args(["custom", "x", "--config", str(run / "settings.json")]))
+    assert again.to_dict() == settings["custom"] and train_again.epochs == 2  # the run is reproducible from it
+
+    # transfer: the frozen first convolution still holds the base's weights; the classifier is new
+    model, base = keras.models.load_model(run / "model.keras"), keras.models.load_model(base_run / "model.keras")
+    first = next(l.name for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    np.testing.assert_array_equal(model.get_layer(first).get_weights()[0], base.get_layer(first).get_weights()[0])
+    assert model.get_layer("logits").units == 3 and base.get_layer("logits").units == 12
+
+    card = (run / "computer.md").read_text()
+    assert "FRR" in card and "false accept" in card and "held-out" in card
+    assert "time by stage" in result.stderr.decode()
+
+    detected = run_kws("detect", "--model", str(models / "computer.json"), "--json",
+                       split["positives_holdout"][0])
+    assert detected.returncode == 0, detected.stderr.decode()
+
+
+def test_near_misses_are_rendered_with_espeak(trained):
+    if "espeak-ng" not in available_engines():
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng): no near-miss clips to check")
+    run, _, _ = trained
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["near_miss_texts"] == custom.near_miss_texts("computer")
+    rendered = {p.parent.name for p in (run / "near_misses").glob("*/*.wav")}
+    assert len(rendered) >= len(settings["near_miss_texts"]) - 2  # a rare rejection may cost a text
+    assert settings["examples"]["near misses"] >= len(rendered)
+    assert settings["examples"]["synthetic positives"] >= 1
+
+
+def test_bad_inputs_are_one_line(inputs, tmp_path):
+    run = str(tmp_path / "run")
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(inputs["samples"].iterdir())[:3]:
+        shutil.copy(path, few / path.name)
+    cases = [
+        (["--word", "computer", "--samples", str(tmp_path / "missing"), "--base", "none"], "samples folder"),
+        (["--word", "computer", "--samples", str(few), "--base", "none"], "at least 5"),
+        (["--word", "com/puter", "--samples", str(inputs["samples"]), "--base", "none"], "--word"),
+        (["--word", "computer", "--samples", str(inputs["samples"]), "--base", str(tmp_path / "nobase")],
+         "--base none"),
+    ]
+    for args, expected in cases:
+        line = one_error_line(kws_train("custom", run, *args))
+        assert expected in line, line

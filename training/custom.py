@@ -1,0 +1,909 @@
+"""``kws-train custom``: a one-keyword wake-word bundle from a user's own recordings, in minutes.
+
+Labels ``_silence_``, ``_unknown_``, WORD. The pieces are the 12-class machinery's:
+``Corpus`` + ``EpochMaker`` (balanced, augmented epochs), ``train`` (with the base
+model's convolutional weights loaded before compiling), ``quantize_int8``,
+``evaluate.score``, ``kws.bundle.write_bundle`` and ``stream_eval`` for calibration.
+
+Data:
+
+* positives: the clips in ``samples_dir``, each trimmed to its speech (as ``kws record``
+  checks a take) and centred in the window. A seeded ``holdout`` share is never
+  trained on: it chooses the checkpoint (validation accuracy), and gives the
+  held-out figures and the calibration's false rejects. Optional synthetic clips of
+  the word (``synth_clips``, ``training.synth``) join the training positives.
+* ``_unknown_``: Speech Commands words (all of them; training split for training,
+  validation split for validation), windows of long-form speech (``negatives``:
+  files are grouped by speaker folder and a seeded half of the groups is kept for
+  calibration), the user's room recording, and near misses: TTS renderings of
+  parts of the word and of similar-sounding words (``near_miss_texts``).
+* ``_silence_`` and the noise mixed into clips: ``_background_noise_`` of Speech
+  Commands, the ``noise`` folders and the room recording.
+
+After training: int8, clip accuracy on the held-out split, calibration of the
+threshold for ``target_fa_per_hour`` on the held-out speech and the noise (the
+held-out positives at several SNRs give the false-reject rates), the bundle, and a
+model card ``RUN/<name>.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import kws
+from kws.audio_file import read_audio
+from kws.bundle import BACKGROUND_PREFIX, DEFAULT_MODEL, atomic_write, models_dir, write_bundle
+from kws.errors import AudioError, ConfigError, KwsError
+from kws.features import FeatureSettings
+from training import data
+from training.train import Corpus, EpochMaker, TrainSettings
+from training.timing import StageTimer
+
+_LOGGER = logging.getLogger(__name__)
+
+MIN_SAMPLES = 5
+"""Fewest user clips accepted (at least one is held out)."""
+MIN_WINDOW_S = 1.0
+WINDOW_MARGIN_S = 0.3
+"""Added to the 90th percentile of the speech lengths when choosing the window."""
+SPEECH_MIN_RMS = 0.003
+"""Windows of long-form speech quieter than this (pauses) are left out of ``_unknown_``."""
+SHORT_FILE_WINDOWS = 2.5
+"""Negative files shorter than this many windows are clips: every position counts."""
+DEFAULT_TRAIN = {"epochs": 30, "clips_per_class": 1000, "learning_rate": 0.001, "validation_silence": 100}
+"""Where ``kws-train custom`` departs from ``TrainSettings``' defaults (a small, fine-tuned problem)."""
+DEFAULT_AUGMENT = {"speed_probability": 0.3, "reverb_probability": 0.3, "time_shift_ms": 150.0}
+"""Augmentation departing from ``AugmentSettings``' defaults (reverb only acts with ``rir``)."""
+
+
+@dataclass(frozen=True)
+class CustomSettings:
+    """What ``kws-train custom`` trains on and how it finishes; ``TrainSettings`` holds the rest."""
+
+    word: str
+    """The wake word: the bundle's only keyword label (``hey_pi`` for a phrase; TTS reads ``_`` as a space)."""
+    samples_dir: Path
+    """Folder of the user's clips of the word (``kws record`` output: ``recordings/WORD``), any audio format."""
+    speech_commands: Path | None = None
+    """Speech Commands root: all its words become ``_unknown_``, its ``_background_noise_`` noise."""
+    negatives: tuple[Path, ...] = ()
+    """Long-form speech without the word (files or folders; a folder with ``INDEX.csv`` as in LibriSpeech)."""
+    noise: tuple[Path, ...] = ()
+    """Folders of noise recordings: ``_silence_``, mixing, and calibration negatives."""
+    rir: Path | None = None
+    """Folder of room impulse responses for the reverb augmentation."""
+    room: Path | None = None
+    """A recording (file or folder) of the room the device will listen in: noise and ``_unknown_`` windows."""
+    synth_clips: int = 0
+    """Synthetic clips of the word from the installed TTS engines (training only)."""
+    near_miss_clips: int = 0
+    """TTS clips per near-miss text, as ``_unknown_``."""
+    engines: tuple[str, ...] = ()
+    """TTS engines for ``synth_clips`` and ``near_miss_clips``; () = every installed one."""
+    holdout: float = 0.2
+    """Share of the user's clips held out from training."""
+    seed: int = 0
+    """Seeds the split, the negatives split, the TTS jobs and (through ``TrainSettings.seed``) training."""
+    window_s: float = 0.0
+    """Model window; 0 = from the clips: 90th percentile of speech length + 0.3 s, at least 1 s, whole hops."""
+    base: Path | None = None
+    """Run folder (or ``.keras`` file) of a float model whose convolutional weights start training; None = scratch."""
+    freeze_first_conv: bool = True
+    """Keep the base's first convolution (and its batch norm) fixed for the whole training."""
+    calibration_share: float = 0.5
+    """Share of each ``negatives`` path's speaker folders kept for calibration (paths with one folder: none)."""
+    max_speech_windows: int = 4000
+    """At most this many training windows of long-form speech."""
+    max_speech_commands: int = 4000
+    """At most this many Speech Commands clips for training, spread evenly over the words."""
+    max_validation_unknown: int = 400
+    """At most this many held-out ``_unknown_`` windows in the validation split."""
+    gain_db: tuple[float, float] = (-10.0, 6.0)
+    """Random gain of every training example that is not ``_silence_`` (after noise mixing)."""
+    target_fa_per_hour: float = 0.5
+    """Calibration target: false accepts per hour on the held-out negatives."""
+    snrs_db: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
+    """Conditions of the held-out positives in calibration (besides clean); need noise."""
+    name: str = ""
+    """Bundle name; empty = the word."""
+    out_dir: Path = Path("models")
+    """Folder of the bundle."""
+    cache_dir: Path | None = None
+    """Decoded Speech Commands clips are cached here between runs; None = no cache."""
+
+    def __post_init__(self) -> None:
+        word = self.word
+        if not word or word != word.strip() or "/" in word or "\\" in word or word in (".", "..") \
+                or word.startswith(BACKGROUND_PREFIX) or "\0" in word:
+            raise ConfigError(f"--word {word!r}: give the word itself, e.g. --word computer (no slash, not "
+                              f"starting with '{BACKGROUND_PREFIX}'; a phrase as hey_pi)")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
+        if self.synth_clips < 0 or self.near_miss_clips < 0:
+            raise ConfigError("--synth and --near-misses must not be negative")
+        if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
+            raise ConfigError(f"--window-s {self.window_s:g}: give 0.5 to 3 seconds (0 = from the clips)")
+        if not 0 <= self.calibration_share < 1:
+            raise ConfigError(f"calibration_share {self.calibration_share:g}: must be in [0, 1)")
+        if not self.target_fa_per_hour >= 0:
+            raise ConfigError(f"--target-fa-per-hour {self.target_fa_per_hour:g}: must not be negative")
+        if self.name and ("/" in self.name or self.name.startswith(".")):
+            raise ConfigError(f"--name {self.name!r} cannot be a file name")
+        if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1]:
+            raise ConfigError("gain_db must be a [low, high] pair")
+
+    @property
+    def bundle_name(self) -> str:
+        return self.name or self.word
+
+    @property
+    def text(self) -> str:
+        """How TTS says the word."""
+        return re.sub(r"[_\-]+", " ", self.word).strip()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return (data.SILENCE, data.UNKNOWN, self.word)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value)
+            elif isinstance(value, tuple):
+                values[key] = [str(v) if isinstance(v, Path) else v for v in value]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CustomSettings":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown custom setting(s) {', '.join(sorted(unknown))}")
+        out = {}
+        for key, value in values.items():
+            if key in ("samples_dir", "speech_commands", "rir", "room", "base", "out_dir", "cache_dir"):
+                out[key] = None if value in (None, "") else Path(value)
+            elif key in ("negatives", "noise"):
+                out[key] = tuple(Path(v) for v in value)
+            elif key in ("engines", "gain_db", "snrs_db"):
+                out[key] = tuple(value)
+            else:
+                out[key] = value
+        return cls(**out)
+
+
+# --- near misses --------------------------------------------------------------------------------------------
+
+_VOWELS = "aeiouy"
+_ONSET_SWAPS = {"b": "p", "p": "b", "d": "t", "t": "d", "g": "k", "k": "g", "c": "g", "q": "g", "m": "n", "n": "m",
+                "f": "v", "v": "f", "s": "z", "z": "s", "j": "ch", "l": "r", "r": "l", "w": "v", "h": "", "y": "",
+                "x": "s", "ch": "j", "sh": "s", "th": "f", "st": "sp", "sp": "st", "sk": "st", "bl": "br",
+                "br": "bl", "cl": "cr", "cr": "cl", "gl": "gr", "gr": "gl", "pl": "pr", "pr": "pl", "tr": "dr",
+                "dr": "tr", "fl": "fr", "fr": "fl"}
+_VOWEL_SWAPS = {"a": "o", "e": "a", "i": "e", "o": "u", "u": "i", "y": "i"}
+COMMON_WORDS = (
+    "a", "about", "after", "again", "alarm", "album", "alex", "alexander", "all", "already", "also", "always",
+    "america", "and", "animal", "another", "answer", "any", "area", "around", "as", "ask", "at", "away", "back",
+    "banana", "because", "before", "began", "better", "between", "big", "brother", "but", "by", "call", "came",
+    "camera", "can", "car", "carry", "center", "chapter", "character", "children", "city", "close", "come",
+    "comfort", "coming", "common", "community", "commuter", "company", "complete", "compose", "compute",
+    "computing", "concert", "consider", "contain", "continue", "control", "copy", "corner", "could", "country",
+    "cover", "day", "did", "different", "dinner", "do", "doctor", "does", "done", "door", "down", "during", "each",
+    "early", "easy", "either", "end", "enough", "even", "ever", "every", "extra", "family", "far", "father",
+    "fever", "finger", "first", "flower", "follow", "for", "forever", "from", "garden", "gave", "get", "give",
+    "go", "good", "great", "hair", "hammer", "happy", "hard", "harvest", "have", "he", "hello", "help", "her",
+    "here", "hey", "hi", "him", "his", "home", "house", "how", "hundred", "idea", "important", "in", "into", "is",
+    "it", "jacket", "jar", "jars", "jarring", "java", "jelly", "jersey", "job", "just", "keep", "kind", "know",
+    "large", "later", "leave", "letter", "lexicon", "light", "like", "little", "long", "look", "made", "make",
+    "many", "master", "matter", "may", "me", "mean", "memory", "minute", "mister", "monster", "more", "mother",
+    "much", "music", "must", "my", "name", "near", "never", "new", "next", "night", "no", "not", "now", "number",
+    "of", "off", "office", "often", "okay", "old", "on", "one", "only", "open", "or", "order", "other", "our",
+    "out", "over", "paper", "part", "people", "perhaps", "picture", "place", "play", "please", "point", "power",
+    "quarter", "question", "quite", "rather", "really", "remember", "right", "river", "room", "said", "same",
+    "saw", "say", "see", "service", "seven", "she", "should", "show", "sister", "small", "so", "some", "something",
+    "sometimes", "sooner", "sorry", "start", "still", "stop", "story", "such", "summer", "sure", "system", "take",
+    "teacher", "tell", "than", "that", "the", "their", "them", "then", "there", "these", "they", "thing", "think",
+    "this", "those", "though", "through", "time", "to", "today", "together", "too", "under", "until", "up", "us",
+    "use", "very", "vista", "want", "was", "water", "way", "we", "weather", "well", "were", "what", "when",
+    "where", "which", "while", "who", "why", "will", "winter", "with", "wonder", "word", "work", "world", "would",
+    "write", "year", "yes", "yesterday", "you", "your",
+)
+"""Curated common words: those sharing the wake word's start or end (3+ letters) are near misses."""
+
+
+def syllables(word: str) -> list[str]:
+    """Written syllables by a simple rule: split between vowel groups, one consonant going right."""
+    word = word.lower()
+    groups = [(m.start(), m.end()) for m in re.finditer(f"[{_VOWELS}]+", word)]
+    if len(groups) > 1 and word.endswith("e") and groups[-1] == (len(word) - 1, len(word)) and \
+            word[-2] not in _VOWELS and word[-2:] != "le":
+        groups.pop()  # a silent final e ("note") is no syllable
+    if len(groups) <= 1:
+        return [word]
+    cuts = []
+    for (_, end), (start, _) in zip(groups, groups[1:]):
+        between = start - end
+        cuts.append(end if between <= 1 else end + 1)
+    return [word[a:b] for a, b in zip([0] + cuts, cuts + [len(word)])]
+
+
+def _onset(word: str) -> str:
+    match = re.match(f"[^{_VOWELS}]*", word)
+    return match.group(0) if match else ""
+
+
+def _word_variants(word: str) -> list[str]:
+    parts = syllables(word)
+    out = []
+    out += ["".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]  # prefixes, longest first
+    out += ["".join(parts[k:]) for k in range(1, len(parts))]  # suffixes, longest first
+    if len(parts) >= 3:
+        out += ["".join(parts[:k] + parts[k + 1 :]) for k in range(1, len(parts) - 1)]  # a middle syllable dropped
+    onset = _onset(word)
+    rest = word[len(onset):]
+    if onset:
+        swap = _ONSET_SWAPS.get(onset, _ONSET_SWAPS.get(onset[0], "b") + onset[1:])
+        out.append(swap + rest)
+        out.append(("m" if onset != "m" else "b") + rest)
+    else:
+        out += ["h" + word, "b" + word]
+    for index in (0, len(parts) - 1):  # the vowel of the first and of the last syllable altered
+        syllable = parts[index]
+        vowel = re.search(f"[{_VOWELS}]", syllable)
+        if vowel and syllable[vowel.start()] in _VOWEL_SWAPS:
+            changed = syllable[: vowel.start()] + _VOWEL_SWAPS[syllable[vowel.start()]] + syllable[vowel.start() + 1 :]
+            out.append("".join(parts[:index] + [changed] + parts[index + 1 :]))
+    return out
+
+
+def _shared_start(a: str, b: str) -> int:
+    """Letters ``a`` and ``b`` share at the start."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _common_words(words: Sequence[str], count: int) -> list[str]:
+    """Up to ``count`` of ``COMMON_WORDS`` sharing 3+ letters with the start or the end of one of ``words``,
+    the closest first, starts and ends taking turns."""
+    ranked = []
+    for flip in (False, True):
+        def shared(c: str) -> int:
+            return max(_shared_start(c[::-1], w[::-1]) if flip else _shared_start(c, w) for w in words)
+        ranked.append([c for n, c in sorted((-shared(c), c) for c in COMMON_WORDS if c not in words) if -n >= 3])
+    out = []
+    for pair in zip(*[r + [None] * (count - len(r)) for r in (ranked[0][:count], ranked[1][:count])]):
+        out += [c for c in pair if c is not None and c not in out]
+    return out[:count]
+
+
+def near_miss_texts(word: str, max_texts: int = 16, max_common: int = 6) -> list[str]:
+    """Texts that sound like parts of ``word`` or like it, deterministic, never the word itself.
+
+    For each written word of ``word`` (``hey_pi`` has two): its syllable prefixes and
+    suffixes ("compu", "puter"), a middle syllable dropped, the first consonant swapped
+    ("gomputer"), a vowel altered; each word alone of a phrase; then common words that
+    share 3 or more letters at the start or end ("commuter", "water").
+    """
+    words = [w for w in re.split(r"[\s_\-]+", word.lower()) if w]
+    target = " ".join(words)
+    variants = []
+    if len(words) > 1:
+        variants += words
+    for i, part in enumerate(words):
+        variants += [" ".join(words[:i] + [v] + words[i + 1 :]) for v in _word_variants(part)]
+    common = _common_words(words, max_common)
+    texts, seen = [], {target, target.replace(" ", "")}
+    for text in variants[: max_texts - len(common)] + common:
+        if len(text.replace(" ", "")) >= 2 and text not in seen:
+            seen.add(text)
+            texts.append(text)
+    return texts[:max_texts]
+
+
+# --- choosing the window ------------------------------------------------------------------------------------
+
+
+def choose_window_s(voiced_s: Sequence[float], features: FeatureSettings) -> float:
+    """90th percentile of the speech lengths + ``WINDOW_MARGIN_S``, at least ``MIN_WINDOW_S``, up to whole hops."""
+    wanted = max(MIN_WINDOW_S, float(np.percentile(voiced_s, 90)) + WINDOW_MARGIN_S) if len(voiced_s) else MIN_WINDOW_S
+    return whole_hops(wanted, features)
+
+
+def whole_hops(seconds: float, features: FeatureSettings) -> float:
+    hop_s = features.hop_samples / features.sample_rate_hz
+    return round(math.ceil(seconds / hop_s - 1e-9) * hop_s, 6)
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Every file the run uses, split; recorded in settings.json."""
+
+    positives_training: list[Path]
+    positives_holdout: list[Path]
+    voiced_s: dict[str, float]
+    window_s: float
+    negatives_training: list[Path] = field(default_factory=list)
+    negatives_calibration: list[Path] = field(default_factory=list)
+    negatives_excluded: int = 0
+    noise_files: list[Path] = field(default_factory=list)
+    noise_folders: list[Path] = field(default_factory=list)
+    room_files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"window_s": self.window_s,
+                "positives_training": [str(p) for p in self.positives_training],
+                "positives_holdout": [str(p) for p in self.positives_holdout],
+                "voiced_s": {k: round(v, 3) for k, v in self.voiced_s.items()},
+                "negatives_training": [str(p) for p in self.negatives_training],
+                "negatives_calibration": [str(p) for p in self.negatives_calibration],
+                "negatives_excluded_by_transcript": self.negatives_excluded,
+                "noise_files": [str(p) for p in self.noise_files],
+                "room_files": [str(p) for p in self.room_files]}
+
+
+def resolve_base(base: str | None) -> Path | None:
+    """``--base``: ``"none"`` = from scratch (None); a run folder with ``model.keras``, a ``.keras`` file, or a
+    bundle's name or path whose ``<name>-run`` folder beside it has one; None = the default model's.
+
+    The default is the bundled default model's run folder (``models/kws12-run``), whose
+    float weights are not shipped yet: then the error says to pass a run or ``none``.
+    """
+    if base is not None and str(base).lower() == "none":
+        return None
+    path = models_dir() / f"{DEFAULT_MODEL}-run" if base is None else Path(base)
+    if not path.exists():  # a bundle's name or path (models/kws12): its run folder beside it
+        for candidate in (Path(f"{path}-run"), models_dir() / f"{path.name}-run"):
+            if candidate.is_dir():
+                path = candidate
+                break
+    model = path if path.suffix == ".keras" else path / "model.keras"
+    if not model.is_file():
+        raise ConfigError(f"base model {model} not found (float Keras weights are not shipped with the bundles yet): "
+                          "pass --base RUN, a kws-train run folder with model.keras, or --base none to train from scratch")
+    return path
+
+
+def base_settings(base: Path) -> TrainSettings | None:
+    """The base run's ``TrainSettings`` (its architecture and features), if it has a settings.json."""
+    folder = base.parent if base.suffix == ".keras" else base
+    path = folder / "settings.json"
+    if not path.is_file():
+        return None
+    body = json.loads(path.read_text())
+    try:
+        return TrainSettings.from_dict(body["train"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: not the settings of a kws-train run ({error})") from None
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in data.AUDIO_SUFFIXES and p.is_file())
+
+
+def trimmed_clip(path: Path, sample_rate_hz: int) -> tuple[np.ndarray, float]:
+    """The clip cut to its speech plus margins, as ``kws record`` checks a take; and the speech length."""
+    from kws.record import check_take
+
+    audio = read_audio(path, sample_rate_hz)
+    result = check_take(audio, whole_file=True)
+    return result.trimmed, (result.voiced_s or result.trimmed.size / sample_rate_hz)
+
+
+def gather_inputs(settings: CustomSettings, features: FeatureSettings) -> Inputs:
+    """Check and list every input; split positives and negatives. Reads the user's clips (to time them)."""
+    folder = settings.samples_dir
+    if not folder.is_dir():
+        raise ConfigError(f"samples folder {folder} not found: record the word with kws record --word "
+                          f"{settings.word} (it writes recordings/{settings.word}/) and pass --samples recordings/{settings.word}")
+    files = _audio_files(folder)
+    if len(files) < MIN_SAMPLES:
+        raise ConfigError(f"samples folder {folder} holds {len(files)} audio clip(s); at least {MIN_SAMPLES} are needed "
+                          "(about 50 give a usable model): record more with kws record")
+    voiced = {}
+    for path in files:
+        try:
+            voiced[str(path)] = trimmed_clip(path, features.sample_rate_hz)[1]
+        except AudioError as error:
+            raise ConfigError(f"sample {path} cannot be read ({error}): remove it or re-record it") from None
+    rng = np.random.default_rng([settings.seed, 1])
+    held = max(1, int(round(settings.holdout * len(files))))
+    if held >= len(files):
+        raise ConfigError(f"--holdout {settings.holdout:g} leaves no clip of {len(files)} for training")
+    order = rng.permutation(len(files))
+    holdout = sorted(files[i] for i in order[:held])
+    training = sorted(files[i] for i in order[held:])
+    window_s = whole_hops(settings.window_s, features) if settings.window_s else \
+        choose_window_s([voiced[str(p)] for p in training], features)
+    inputs = Inputs(training, holdout, voiced, window_s)
+
+    if settings.speech_commands is not None:
+        data.scan_speech_commands(settings.speech_commands)  # checks the folder; raises DataError (one line)
+        inputs.noise_files += data.noise_files(settings.speech_commands)
+        if data.noise_files(settings.speech_commands):
+            inputs.noise_folders.append(settings.speech_commands / data.NOISE_DIR)
+    for path in settings.noise:
+        if not path.is_dir() or not _audio_files(path):
+            raise ConfigError(f"noise folder {path} not found or without audio files")
+        inputs.noise_files += _audio_files(path)
+        inputs.noise_folders.append(path)
+    if settings.rir is not None and (not settings.rir.is_dir() or not _audio_files(settings.rir)):
+        raise ConfigError(f"--rir {settings.rir}: not a folder of impulse responses")
+    if settings.room is not None:
+        if not settings.room.exists():
+            raise ConfigError(f"--room {settings.room} not found: record your room with arecord or give a folder")
+        inputs.room_files = [settings.room] if settings.room.is_file() else _audio_files(settings.room)
+        if not inputs.room_files:
+            raise ConfigError(f"--room {settings.room} holds no audio files")
+    if settings.negatives:
+        _split_negatives(settings, inputs)
+    if settings.speech_commands is None and not inputs.negatives_training and not settings.room \
+            and not settings.near_miss_clips:
+        raise ConfigError("no _unknown_ examples: pass --speech-commands ROOT and/or --negatives PATH (speech without "
+                          "the word)")
+    if not inputs.negatives_calibration and not inputs.noise_files:
+        raise ConfigError("nothing to calibrate on: pass --negatives with a folder of several speakers (e.g. "
+                          "LibriSpeech), --noise DIR, or --speech-commands ROOT (its _background_noise_)")
+    return inputs
+
+
+def _split_negatives(settings: CustomSettings, inputs: Inputs) -> None:
+    """Group each path's files by their first folder under it (a speaker in LibriSpeech); hold out a share."""
+    from training import stream_eval as se
+
+    for path in settings.negatives:
+        listing = se.negative_files([path], (settings.word,))  # INDEX.csv: utterances without the word
+        inputs.negatives_excluded += listing.excluded
+        groups: dict[str, list[Path]] = {}
+        for file in listing.files:
+            relative = file.relative_to(path).parts if path.is_dir() else ()
+            groups.setdefault(relative[0] if len(relative) > 1 else ".", []).append(file)
+        names = sorted(groups)
+        held = int(len(names) * settings.calibration_share) if len(names) > 1 else 0
+        rng = np.random.default_rng([settings.seed, 2, len(names)])
+        calibration = {names[i] for i in rng.permutation(len(names))[:held]}
+        for name in names:
+            (inputs.negatives_calibration if name in calibration else inputs.negatives_training).extend(groups[name])
+        _LOGGER.info("%s: %d file(s) in %d folder(s); %d folder(s) held out for calibration", path,
+                     len(listing.files), len(names), held)
+
+
+# --- the corpus ---------------------------------------------------------------------------------------------
+
+
+def _to_int16(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
+
+
+def centred(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` centred in ``samples`` (zero-padded both sides, or its middle cut)."""
+    if audio.size >= samples:
+        start = (audio.size - samples) // 2
+        return audio[start : start + samples]
+    out = np.zeros(samples, audio.dtype)
+    start = (samples - audio.size) // 2
+    out[start : start + audio.size] = audio
+    return out
+
+
+def speech_windows(files: Sequence[Path], samples: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """``samples`` windows of ``files`` (in a seeded order), up to ``limit``.
+
+    Long files give non-overlapping windows without pauses; clips shorter than
+    ``SHORT_FILE_WINDOWS`` windows (such as ``kws listen --save-detections`` captures,
+    2 s around what fired) give windows every quarter window, whatever their level.
+    """
+    windows: list[np.ndarray] = []
+    for i in rng.permutation(len(files)):
+        if len(windows) >= limit:
+            break
+        try:
+            audio = read_audio(files[i], data.SAMPLE_RATE_HZ)
+        except AudioError as error:
+            _LOGGER.warning("skipped negative %s: %s", files[i], error)
+            continue
+        if audio.size < SHORT_FILE_WINDOWS * samples:  # a clip (e.g. a saved false activation): every position
+            if audio.size < samples:
+                audio = centred(audio, samples)
+            windows += [_to_int16(audio[s : s + samples]) for s in range(0, audio.size - samples + 1, samples // 4)]
+            continue
+        offset = int(rng.integers(samples // 2 + 1))
+        for start in range(offset, audio.size - samples + 1, samples):
+            window = audio[start : start + samples]
+            if np.sqrt(np.mean(window.astype(np.float64) ** 2)) >= SPEECH_MIN_RMS:
+                windows.append(_to_int16(window))
+    return np.stack(windows[:limit]) if windows else np.zeros((0, samples), np.int16)
+
+
+def speech_commands_clips(root: Path, word: str, limit: int, rng: np.random.Generator) -> tuple[list, list]:
+    """Training and validation clips of every Speech Commands word but ``word``: at most ``limit`` for training."""
+    clips = [c for c in data.scan_speech_commands(root) if c.split != "testing" and c.word.lower() != word.lower()]
+    training = [c for c in clips if c.split == "training"]
+    by_word: dict[str, list] = {}
+    for clip in training:
+        by_word.setdefault(clip.word, []).append(clip)
+    share = max(1, limit // max(1, len(by_word)))
+    chosen = []
+    for name in sorted(by_word):
+        pool = by_word[name]
+        chosen += [pool[i] for i in sorted(rng.permutation(len(pool))[:share])]
+    return chosen, [c for c in clips if c.split == "validation"]
+
+
+class GainEpochs(EpochMaker):
+    """``EpochMaker`` plus a random gain on every example that is not ``_silence_`` (a quieter or louder speaker)."""
+
+    def __init__(self, corpus: Corpus, settings: TrainSettings, gain_db: tuple[float, float]):
+        super().__init__(corpus, settings)
+        self.gain_db = gain_db
+
+    def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        audio, labels = super().epoch_audio(rng)
+        if self.gain_db[0] == self.gain_db[1] == 0:
+            return audio, labels
+        gain = 10 ** (rng.uniform(*self.gain_db, size=len(audio)) / 20)
+        gain = np.where(labels == self.silence, 1.0, gain).astype(np.float32)
+        return np.clip(audio * gain[:, None], -1.0, 1.0), labels
+
+
+def render_tts(settings: CustomSettings, words: Sequence[str], clips_per_word: int, out_dir: Path,
+               window_s: float, seed_offset: int) -> dict[str, list[Path]]:
+    """Clips of ``words`` rendered (and cached in ``out_dir``) by ``training.synth``; {} without a TTS engine."""
+    from training import synth
+
+    engines = settings.engines or synth.ENGINE_NAMES
+    if not synth.available_engines() or not set(engines) & set(synth.available_engines()):
+        return {}
+    jobs = synth.SynthSettings(words=tuple(words), out_dir=out_dir, clips_per_word=clips_per_word,
+                               seed=settings.seed + seed_offset, engines=tuple(engines), clip_s=window_s)
+    paths = synth.synthesize(jobs)
+    found: dict[str, list[Path]] = {}
+    for path in paths:
+        found.setdefault(path.parent.name, []).append(path)
+    return found
+
+
+@dataclass
+class CorpusParts:
+    """How many examples each source gave (for the model card)."""
+
+    counts: dict = field(default_factory=dict)
+    near_miss_texts: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer: StageTimer) -> tuple[Corpus, CorpusParts]:
+    """The three-class corpus: rows of window-length int16 audio with labels and splits."""
+    samples = int(round(inputs.window_s * data.SAMPLE_RATE_HZ))
+    labels = settings.labels
+    silence, unknown, keyword = range(3)
+    rows, label, split = [], [], []
+    parts = CorpusParts()
+
+    def add(audio: np.ndarray, k: int, where: str, what: str) -> None:
+        if len(audio):
+            rows.append(audio)
+            label.append(np.full(len(audio), k))
+            split.append(np.full(len(audio), where))
+        parts.counts[what] = parts.counts.get(what, 0) + len(audio)
+
+    with timer.stage("decode audio"):
+        for paths, where, what in ((inputs.positives_training, "training", "positives (yours)"),
+                                   (inputs.positives_holdout, "validation", "held-out positives")):
+            add(np.stack([_to_int16(centred(trimmed_clip(p, data.SAMPLE_RATE_HZ)[0], samples)) for p in paths]),
+                keyword, where, what)
+        rng = np.random.default_rng([settings.seed, 3])
+        if settings.speech_commands is not None:
+            training, validation = speech_commands_clips(settings.speech_commands, settings.word,
+                                                         settings.max_speech_commands, rng)
+            validation = [validation[i] for i in sorted(rng.permutation(len(validation))[:settings.max_validation_unknown // 2])]
+            for clips, where, what in ((training, "training", "Speech Commands words"),
+                                       (validation, "validation", "Speech Commands words (validation)")):
+                audio = data.decode_clips([c.path for c in clips], settings.cache_dir)
+                add(np.stack([centred(a, samples) for a in audio]) if len(audio) else audio[:, :samples], unknown,
+                    where, what)
+        if inputs.negatives_training:
+            add(speech_windows(inputs.negatives_training, samples, settings.max_speech_windows, rng), unknown,
+                "training", "speech windows")
+        if inputs.negatives_calibration:
+            add(speech_windows(inputs.negatives_calibration, samples, settings.max_validation_unknown // 2, rng),
+                unknown, "validation", "speech windows (validation)")
+        room = [read_audio(p, data.SAMPLE_RATE_HZ) for p in inputs.room_files]
+        if room:
+            windows = [_to_int16(a[s : s + samples]) for a in room for s in range(0, a.size - samples + 1, samples)]
+            add(np.stack(windows) if windows else np.zeros((0, samples), np.int16), unknown, "training", "room windows")
+        noise = data.load_noise(inputs.noise_files) + room
+        responses = data.load_noise(_audio_files(settings.rir)) if settings.rir else []
+
+    if settings.synth_clips:
+        with timer.stage("synthesize (word)"):
+            found = render_tts(settings, [settings.text], settings.synth_clips, run_dir / "synth", inputs.window_s, 0)
+        if not found:
+            parts.notes.append("--synth: no TTS engine installed (apt-get install espeak-ng flite festival): "
+                               "no synthetic positives")
+            _LOGGER.warning("%s", parts.notes[-1])
+        paths = [p for ps in found.values() for p in ps]
+        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
+            if paths else np.zeros((0, samples), np.int16), keyword, "training", "synthetic positives")
+    if settings.near_miss_clips:
+        texts = near_miss_texts(settings.word)
+        parts.near_miss_texts = texts
+        with timer.stage("synthesize (near misses)"):
+            found = render_tts(settings, texts, settings.near_miss_clips, run_dir / "near_misses", inputs.window_s, 1)
+        if not found:
+            parts.notes.append("--near-misses: no TTS engine installed (apt-get install espeak-ng flite festival): "
+                               "no near-miss clips")
+            _LOGGER.warning("%s", parts.notes[-1])
+        paths = [p for ps in found.values() for p in ps]
+        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
+            if paths else np.zeros((0, samples), np.int16), unknown, "training", "near misses")
+
+    corpus = Corpus(np.concatenate(rows), np.concatenate(label).astype(np.int64), np.concatenate(split), noise,
+                    labels=labels, responses=responses)
+    if not len(corpus.indices("training", unknown)):
+        raise ConfigError("no _unknown_ training examples were found: give --speech-commands or --negatives")
+    if not noise:
+        _LOGGER.warning("no noise recordings: _silence_ examples are digital silence; pass --speech-commands or --noise")
+    _LOGGER.info("corpus: %s", ", ".join(f"{n} {what}" for what, n in parts.counts.items()))
+    return corpus, parts
+
+
+# --- transfer -----------------------------------------------------------------------------------------------
+
+
+def transfer_weights(model, base_model, freeze_first_conv: bool) -> list[str]:
+    """Copy every layer's weights but the dense classifier's from ``base_model``; names of the copied layers.
+
+    DS-CNN pools globally before its dense layer, so the convolutional weights fit any
+    window length. With ``freeze_first_conv`` the first convolution and its batch norm
+    stay as the base has them.
+    """
+    from keras import layers
+
+    own = [l for l in model.layers if l.weights and not isinstance(l, layers.Dense)]
+    theirs = [l for l in base_model.layers if l.weights and not isinstance(l, layers.Dense)]
+    if len(own) != len(theirs):
+        raise ConfigError(f"the base model has {len(theirs)} weighted layers before its classifier, this one "
+                          f"{len(own)}: train with the base's architecture")
+    copied = []
+    for mine, source in zip(own, theirs):
+        shapes = [tuple(w.shape) for w in mine.get_weights()], [tuple(w.shape) for w in source.get_weights()]
+        if type(mine) is not type(source) or shapes[0] != shapes[1]:
+            raise ConfigError(f"base layer {source.name} ({type(source).__name__} {shapes[1]}) does not fit layer "
+                              f"{mine.name} ({type(mine).__name__} {shapes[0]}): use a base with the same "
+                              "architecture and feature settings")
+        mine.set_weights(source.get_weights())
+        copied.append(mine.name)
+    if freeze_first_conv:
+        first = next(i for i, l in enumerate(model.layers) if isinstance(l, layers.Conv2D))
+        for layer in model.layers[first : first + 2]:  # the conv and its batch norm
+            layer.trainable = False
+    return copied
+
+
+# --- the whole job ------------------------------------------------------------------------------------------
+
+
+def save_settings(run_dir: Path, settings: CustomSettings, train_settings: TrainSettings, inputs: Inputs,
+                  parts: CorpusParts | None = None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = {"kind": "custom", "custom": settings.to_dict(), "train": train_settings.to_dict(),
+            "labels": list(settings.labels), "split": inputs.to_dict(),
+            "near_miss_texts": parts.near_miss_texts if parts else [],
+            "examples": parts.counts if parts else {}, "kws_version": kws.__version__}
+    atomic_write(run_dir / "settings.json", (json.dumps(body, indent=2) + "\n").encode())
+
+
+def _representative(corpus: Corpus, train_settings: TrainSettings, count: int = 300) -> np.ndarray:
+    per_class = max(1, -(-count // len(corpus.labels)))
+    maker = EpochMaker(corpus, dataclasses.replace(train_settings, clips_per_class=per_class))
+    windows, _ = maker.epoch(np.random.default_rng(train_settings.seed + 1))
+    return windows[:count]
+
+
+def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSettings,
+               timer: StageTimer | None = None) -> dict:
+    """Train, quantize, evaluate, export and calibrate; returns the figures of the model card."""
+    from training.evaluate import predict_float, predict_tflite, report, save_confusion, score
+    from training.quantize import quantize_int8
+    from training.train import train
+
+    timer = timer or StageTimer()
+    started = time.perf_counter()
+    base = settings.base
+    if base is not None:
+        found = base_settings(base)
+        if found is not None:
+            train_settings = dataclasses.replace(train_settings, architecture=found.architecture,
+                                                 features=found.features)
+    with timer.stage("scan"):
+        inputs = gather_inputs(settings, train_settings.features)
+    _LOGGER.info("%d clips for training, %d held out; window %.2f s", len(inputs.positives_training),
+                 len(inputs.positives_holdout), inputs.window_s)
+    save_settings(run_dir, settings, train_settings, inputs)
+    corpus, parts = build_corpus(settings, inputs, run_dir, timer)
+    save_settings(run_dir, settings, train_settings, inputs, parts)
+
+    copied: list[str] = []
+
+    def prepare(model) -> None:
+        if base is None:
+            return
+        import keras
+
+        base_model = keras.models.load_model(base if base.suffix == ".keras" else base / "model.keras")
+        copied.extend(transfer_weights(model, base_model, settings.freeze_first_conv))
+        _LOGGER.info("initialised %d layers from %s%s; the classifier is new", len(copied), base,
+                     " (first convolution frozen)" if settings.freeze_first_conv else "")
+
+    maker = GainEpochs(corpus, train_settings, settings.gain_db)
+    train_started = time.perf_counter()
+    model = train(corpus, train_settings, run_dir, timer, maker=maker, prepare_model=prepare)
+    train_s = time.perf_counter() - train_started
+
+    with timer.stage("quantize"):
+        content = quantize_int8(model, _representative(corpus, train_settings))
+    atomic_write(run_dir / "model_int8.tflite", content)
+
+    with timer.stage("evaluate"):
+        features, truth = maker.validation()
+        evaluation = {}
+        for kind, predict in (("float", lambda f: predict_float(model, f)),
+                              ("int8", lambda f: predict_tflite(content, f))):
+            scores = score(corpus.labels, truth, predict(features).argmax(axis=1))
+            print(report(f"held-out {kind}", scores))
+            evaluation[kind] = scores.to_dict()
+        save_confusion(scores, f"held out, int8: accuracy {scores.accuracy:.4f}", run_dir / "confusion_holdout_int8.png")
+    atomic_write(run_dir / "evaluation.json", (json.dumps({"holdout": evaluation}, indent=1) + "\n").encode())
+
+    json_path = export(run_dir, settings, train_settings, inputs, model, content, evaluation, copied)
+    with timer.stage("calibrate"):
+        calibration = calibrate(json_path, settings, inputs)
+    figures = {"bundle": str(json_path), "word": settings.word, "window_s": inputs.window_s,
+               "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1),
+               "examples": parts.counts, "notes": parts.notes, "near_miss_texts": parts.near_miss_texts,
+               "holdout_accuracy_int8": evaluation["int8"]["accuracy"], "calibration": calibration,
+               "base": str(base) if base else None, "transferred_layers": len(copied),
+               "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs}
+    card = model_card(settings, figures)
+    atomic_write(run_dir / f"{settings.bundle_name}.md", card.encode())
+    atomic_write(run_dir / "figures.json", (json.dumps(figures, indent=1) + "\n").encode())
+    return figures
+
+
+def export(run_dir: Path, settings: CustomSettings, train_settings: TrainSettings, inputs: Inputs, model,
+           content: bytes, evaluation: dict, copied: Sequence[str]) -> Path:
+    from kws.interpreter import make_interpreter
+    from training.models import count_macs
+    from training.run import DEFAULT_REFRACTORY_S, DEFAULT_SMOOTHING_S, DEFAULT_THRESHOLD, _tensor_spec
+
+    interpreter = make_interpreter(content)
+    samples = int(round(inputs.window_s * train_settings.features.sample_rate_hz))
+    manifest = {
+        "description": f"{train_settings.architecture} wake word '{settings.word}' (kws-train custom), int8",
+        "labels": list(settings.labels),
+        "features": train_settings.features.to_dict(),
+        "window_frames": train_settings.features.frames_for(samples),
+        "input": _tensor_spec(interpreter.get_input_details()[0]),
+        "output": _tensor_spec(interpreter.get_output_details()[0]),
+        "detector": {"thresholds": {settings.word: DEFAULT_THRESHOLD}, "smoothing_s": DEFAULT_SMOOTHING_S,
+                     "refractory_s": DEFAULT_REFRACTORY_S},
+        "architecture": train_settings.architecture,
+        "parameters": int(model.count_params()),
+        "macs": count_macs(model),
+        "training": {
+            "custom": settings.to_dict(),
+            "settings": train_settings.to_dict(),
+            "window_s": inputs.window_s,
+            "run": str(run_dir),
+            "base": str(settings.base) if settings.base else None,
+            "transferred_layers": list(copied),
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": f"{platform.machine()} {platform.python_version()}",
+            "kws_version": kws.__version__,
+        },
+        "metrics": {"holdout": {kind: {"accuracy": body["accuracy"], "clips": body["clips"]}
+                                for kind, body in evaluation.items()}},
+    }
+    path = write_bundle(settings.out_dir, settings.bundle_name, content, manifest)
+    _LOGGER.info("exported %s", path)
+    return path
+
+
+def calibrate(json_path: Path, settings: CustomSettings, inputs: Inputs) -> dict:
+    """Threshold for ``target_fa_per_hour`` on held-out speech + noise, FRR of the held-out clips; into the bundle."""
+    from kws.bundle import load_bundle
+    from kws.spotter import detector_settings_for
+    from training import stream_eval as se
+
+    bundle = load_bundle(json_path)
+    scorer = se.StreamScorer(bundle)
+    snrs = settings.snrs_db if inputs.noise_folders else ()
+    eval_settings = se.StreamEvalSettings(snrs_db=snrs, seed=settings.seed)
+    noise = se.load_noise(inputs.noise_folders, scorer.sample_rate_hz) if snrs else None
+    positives = se.score_positives(scorer, inputs.positives_holdout, settings.word, eval_settings, noise,
+                                   "held-out clips of " + str(settings.samples_dir))
+    sources = [f"{len(inputs.negatives_calibration)} held-out speech file(s)"] if inputs.negatives_calibration else []
+    sources += [str(p) for p in inputs.noise_folders]
+    listing = se.NegativeFiles(tuple(inputs.negatives_calibration) + tuple(inputs.noise_files), tuple(sources),
+                               inputs.negatives_excluded)
+    negatives = se.score_negatives(scorer, listing)
+    replayer = se.Replayer(bundle, detector_settings_for(bundle), negatives, positives)
+    rate = se.threshold_for_rate(replayer, settings.target_fa_per_hour,
+                                 replayer.candidate_thresholds(eval_settings.grid()))
+    point = replayer.point(replayer.at(rate.threshold))
+    record = se.write_calibration(bundle, rate, replayer.settings, negatives, positives, point)
+    if not rate.target_met:
+        _LOGGER.warning("no threshold gives at most %g false accepts per hour on %.2f h of held-out negatives; "
+                        "wrote the best, %g (%.2f/h): add negatives (--negatives) or more clips", rate.target_fa_per_hour,
+                        rate.negative_hours, rate.threshold, rate.fa_per_hour)
+    print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
+    speech = {str(p) for p in inputs.negatives_calibration}
+    speech_hours = sum(s.duration_s for s in negatives.streams if s.name in speech) / 3600
+    return {**record, "target_met": rate.target_met, "speech_hours": round(speech_hours, 4)}
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
+
+
+def model_card(settings: CustomSettings, figures: dict) -> str:
+    calibration = figures["calibration"]
+    frr = calibration.get("frr", {})
+    held = calibration.get("positives", {}).get("clips", 0)
+    lines = [
+        f"# {settings.bundle_name}: wake word '{settings.word}'",
+        "",
+        f"A one-keyword bundle (`_silence_`, `_unknown_`, `{settings.word}`) made by `kws-train custom` "
+        f"(kws {kws.__version__}); window {figures['window_s']:g} s. Use it with "
+        f"`kws listen --model {settings.bundle_name}`.",
+        "",
+        "## Detection at the calibrated threshold",
+        "",
+        f"Threshold **{calibration['threshold']:g}**, chosen for at most {calibration['target_fa_per_hour']:g} false "
+        f"accepts per hour on {_hours(calibration['negative_hours'])} of held-out negatives "
+        f"({_hours(calibration.get('speech_hours', 0))} of speech from speakers never trained on, the rest noise): "
+        f"{calibration['false_accepts']} false accept(s) = {calibration['fa_per_hour']:.2f} per hour"
+        + ("." if calibration.get("target_met") else " — **the target was not met**: this is the best threshold."),
+        "",
+        f"False rejects of the {held} held-out clip(s) (never trained on), each between 1.5 s of background:",
+        "",
+        "| condition | FRR |",
+        "|---|---|",
+        *[f"| {condition} | {value:.1%} |" for condition, value in frr.items()],
+        "",
+        f"With {held} clips one miss is {1 / max(held, 1):.0%}: treat these as rough figures. Clip accuracy on the "
+        f"held-out split (int8): {figures['holdout_accuracy_int8']:.1%}.",
+        "",
+        "## Training",
+        "",
+        f"{figures['epochs']} epochs, {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
+        + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{figures['base']}`"
+           + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
+           if figures["base"] else "Trained from scratch (`--base none`)."),
+        "",
+        "Examples (before augmentation: noise, speed, gain, time shift" + (", reverb" if settings.rir else "") + "):",
+        "",
+        *[f"- {what}: {count}" for what, count in figures["examples"].items()],
+    ]
+    if figures["near_miss_texts"]:
+        lines += ["", "Near-miss texts (`_unknown_`): " + ", ".join(f"\"{t}\"" for t in figures["near_miss_texts"])]
+    for note in figures["notes"]:
+        lines += ["", f"Note: {note}"]
+    lines += ["", "Every setting and file list is in `settings.json` beside this card; "
+              "`kws-train custom RUN --config settings.json` trains it again.", ""]
+    return "\n".join(lines)

@@ -360,8 +360,8 @@ def resolve_base(base: str | None) -> Path | None:
     """``--base``: ``"none"`` = from scratch (None); a run folder with ``model.keras``, a ``.keras`` file, or a
     bundle's name or path whose ``<name>-run`` folder beside it has one; None = the default model's.
 
-    The default is the bundled default model's run folder (``models/kws12-run``), whose
-    float weights are not shipped yet: then the error says to pass a run or ``none``.
+    The default is the bundled default model's run folder (``models/kws12-run``), which ships
+    the float Keras weights the int8 bundle was quantized from.
     """
     if base is not None and str(base).lower() == "none":
         return None
@@ -373,7 +373,7 @@ def resolve_base(base: str | None) -> Path | None:
                 break
     model = path if path.suffix == ".keras" else path / "model.keras"
     if not model.is_file():
-        raise ConfigError(f"base model {model} not found (float Keras weights are not shipped with the bundles yet): "
+        raise ConfigError(f"base model {model} not found: "
                           "pass --base RUN, a kws-train run folder with model.keras, or --base none to train from scratch")
     return path
 

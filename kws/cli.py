@@ -287,6 +287,10 @@ def _calibration_line(calibration) -> str:
 def cmd_record(args) -> int:
     from kws.record import Console, RecordSettings, record
 
+    # Ctrl-C ends the session (keeping the clips written), even when started from a shell that ignores
+    # SIGINT for background jobs, which a child would otherwise inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     options = {"count": args.count, "out_dir": args.out, "device": args.device, "take_s": args.take_s,
                "countdown_s": args.countdown_s}
     settings = RecordSettings(word=args.word, **{k: v for k, v in options.items() if v is not None})

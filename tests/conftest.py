@@ -50,6 +50,20 @@ def run_kws(*args: str, input: bytes | None = None, env: dict | None = None, tim
                           env=env, timeout=timeout, cwd=ROOT)
 
 
+def kws_train(*args: str, timeout: float = 600):
+    """``kws-train ARGS`` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def one_error_line(result, program: str = "kws-train") -> str:
+    """The single ``PROGRAM: error: ...`` line of a run that must stop with status 2."""
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2, result.stderr.decode()[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), lines
+    return lines[0]
+
+
 def keyword_stream(gap_s: float = 1.5, noise_rms: float = 0.003, seed: int = 0):
     """Audio with the ``KEYWORD_CLIPS`` words at known times, over quiet noise.
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +20,14 @@ from training.stream_eval import condition_name
 from training.cli import _custom_settings, build_parser
 from training.synth import available_engines
 
-from conftest import ROOT, SHARED, run_kws
+from conftest import SHARED, kws_train, one_error_line, run_kws
 
 WAKEWORDS = SHARED / "data" / "wakewords" / "computer"
 LIBRISPEECH = SHARED / "data" / "librispeech_dev_clean_part"
 
 
-def kws_train(*args: str, timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout,
-                          cwd=ROOT)
 
 
-def one_error_line(result) -> str:
-    lines = result.stderr.decode().strip().splitlines()
-    assert result.returncode == 2, result.stderr.decode()[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("kws-train: error: "), lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from training.distill import DistillSettings, TargetCache, soften
 from training.run import DataSettings
 from training.train import EpochMaker, TrainSettings, load_corpus, train
 
-from conftest import ROOT
-from test_training import kws_train
+from conftest import kws_train
 
 pytest.importorskip("tensorflow", reason="training needs the [train] extra")
 

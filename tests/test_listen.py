@@ -108,9 +108,9 @@ def alsa_env(pulse, stream, tmp_path_factory):
 class Listener:
     """``kws listen ARGS`` in a subprocess; its stdout and stderr lines collected as they come."""
 
-    def __init__(self, args: list[str], env: dict | None, stdin=subprocess.DEVNULL):
+    def __init__(self, args: list[str], env: dict | None, stdin=subprocess.DEVNULL, command: str = "listen"):
         self.launched = time.monotonic()
-        self.process = subprocess.Popen([sys.executable, "-m", "kws.cli", "listen", *args], cwd=ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "kws.cli", command, *args], cwd=ROOT, env=env,
                                         stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout: list[str] = []
         self.stderr: list[str] = []

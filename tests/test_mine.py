@@ -10,8 +10,7 @@ import soundfile as sf
 
 from training.mine import MineSettings, best_windows, mine, occurrences
 
-from conftest import KEYWORD_CLIPS, read_clip
-from test_training import kws_train
+from conftest import KEYWORD_CLIPS, kws_train, read_clip
 
 pytest.importorskip("tensorflow", reason="teachers need the [train] extra")
 

@@ -13,9 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ import pytest
 import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 
-from conftest import KEYWORD_CLIPS, ROOT, SAMPLE_RATE_HZ, read_clip, run_kws
+from conftest import KEYWORD_CLIPS, SAMPLE_RATE_HZ, read_clip, run_kws
 from test_listen import SINK, Listener, pulse  # noqa: F401  (pulse: the PulseAudio fixture, used by name)
 from virtual_audio import to_int16, write_wav
 
@@ -67,17 +64,7 @@ class Recorder(Listener):
     """``kws record ARGS`` in a subprocess, its output lines collected as they come (``Listener``'s machinery)."""
 
     def __init__(self, args: list[str], env: dict | None):
-        self.launched = time.monotonic()
-        self.process = subprocess.Popen([sys.executable, "-m", "kws.cli", "record", *args], cwd=ROOT, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [threading.Thread(target=self._read, args=(self.process.stdout, self.stdout), daemon=True),
-                         threading.Thread(target=self._read, args=(self.process.stderr, self.stderr), daemon=True)]
-        for reader in self._readers:
-            reader.start()
+        super().__init__(args, env, command="record")
 
 
 class Player:

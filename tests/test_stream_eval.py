@@ -19,7 +19,7 @@ from kws.errors import BundleError
 from kws.spotter import KeywordSpotter, detector_settings_for
 from training import stream_eval as se
 
-from conftest import DEFAULT_MODEL, ROOT, SHARED, SPEECH_COMMANDS, run_kws
+from conftest import DEFAULT_MODEL, ROOT, SHARED, SPEECH_COMMANDS, kws_train, one_error_line, run_kws
 
 LIBRISPEECH = SHARED / "data" / "librispeech_dev_clean_part"
 HOUSEHOLD = SHARED / "data" / "household_noise"
@@ -27,16 +27,8 @@ NOISE_FILES = ("aircon_0.flac", "street_0.flac")
 SNRS_DB = (20.0, 10.0, 5.0, 0.0)
 
 
-def kws_train(*args: str, timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout,
-                          cwd=ROOT)
 
 
-def one_error_line(result) -> str:
-    lines = result.stderr.decode().strip().splitlines()
-    assert result.returncode == 2, result.stderr.decode()[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("kws-train: error: "), lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from kws.bundle import load_bundle
 from training.data import scan_speech_commands
 
-from conftest import ROOT, UNKNOWN_WORDS, run_kws
+from conftest import UNKNOWN_WORDS, kws_train, run_kws
 
 pytest.importorskip("tensorflow", reason="training needs the [train] extra")
 
 
-def kws_train(*args: str, timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, timeout=timeout, cwd=ROOT)
 
 
 def test_loader_reads_the_official_layout(tiny_data):

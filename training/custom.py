@@ -629,28 +629,23 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         noise = data.load_noise(inputs.noise_files) + room
         responses = data.load_noise(_audio_files(settings.rir)) if settings.rir else []
 
+    def add_tts(texts, clips, folder, seed, label_index, what, option):
+        with timer.stage(f"synthesize ({what})"):
+            found = render_tts(settings, texts, clips, run_dir / folder, inputs.window_s, seed)
+        if not found:
+            parts.notes.append(f"{option}: no TTS engine installed (apt-get install espeak-ng flite festival): "
+                               f"no {what}")
+            _LOGGER.warning("%s", parts.notes[-1])
+        paths = [p for ps in found.values() for p in ps]
+        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
+            if paths else np.zeros((0, samples), np.int16), label_index, "training", what)
+
     if settings.synth_clips:
-        with timer.stage("synthesize (word)"):
-            found = render_tts(settings, [settings.text], settings.synth_clips, run_dir / "synth", inputs.window_s, 0)
-        if not found:
-            parts.notes.append("--synth: no TTS engine installed (apt-get install espeak-ng flite festival): "
-                               "no synthetic positives")
-            _LOGGER.warning("%s", parts.notes[-1])
-        paths = [p for ps in found.values() for p in ps]
-        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
-            if paths else np.zeros((0, samples), np.int16), keyword, "training", "synthetic positives")
+        add_tts([settings.text], settings.synth_clips, "synth", 0, keyword, "synthetic positives", "--synth")
     if settings.near_miss_clips:
-        texts = near_miss_texts(settings.word)
-        parts.near_miss_texts = texts
-        with timer.stage("synthesize (near misses)"):
-            found = render_tts(settings, texts, settings.near_miss_clips, run_dir / "near_misses", inputs.window_s, 1)
-        if not found:
-            parts.notes.append("--near-misses: no TTS engine installed (apt-get install espeak-ng flite festival): "
-                               "no near-miss clips")
-            _LOGGER.warning("%s", parts.notes[-1])
-        paths = [p for ps in found.values() for p in ps]
-        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
-            if paths else np.zeros((0, samples), np.int16), unknown, "training", "near misses")
+        parts.near_miss_texts = near_miss_texts(settings.word)
+        add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
+                "--near-misses")
 
     corpus = Corpus(np.concatenate(rows), np.concatenate(label).astype(np.int64), np.concatenate(split), noise,
                     labels=labels, responses=responses)

@@ -178,3 +178,35 @@ def test_bad_inputs_are_one_line(inputs, tmp_path):
     for args, expected in cases:
         line = one_error_line(kws_train("custom", run, *args))
         assert expected in line, line
+
+
+def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_path):
+    """scripts/benchmark_wakeword.py on 13 clips (8 to train, 5 held out), one tiny epoch: table printed, exit 0."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root, _ = tiny_data
+    word = tmp_path / "computer"
+    word.mkdir()
+    for path in sorted(WAKEWORDS.glob("*.ogg"))[12:25]:
+        shutil.copy(path, word / path.name)
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark_wakeword.py", str(word), "--count", "8", "--seed", "0",
+         "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--noise", str(root / "_background_noise_"),
+         "--base", str(base_run), "--epochs", "1", "--clips-per-class", "20", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, timeout=600, cwd=ROOT)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    assert "5 held-out recordings" in out and "| condition | FRR @ 0.5 FA/h" in out
+    for condition in ("clean", "20 dB", "10 dB", "5 dB", "0 dB"):
+        assert f"| {condition} | " in out
+    assert "FA/h reachable" in out and "wall" in out
+    assert (tmp_path / "run" / "models" / "computer.json").is_file()
+    assert len(list((tmp_path / "run" / "samples").iterdir())) == 8
+
+    few = subprocess.run([sys.executable, "scripts/benchmark_wakeword.py", str(word), "--count", "9",
+                          "--noise", str(root / "_background_noise_")], capture_output=True, timeout=120, cwd=ROOT)
+    assert few.returncode == 2 and few.stderr.decode().strip().startswith("benchmark_wakeword: error: ")
+    assert len(few.stderr.decode().strip().splitlines()) == 1

@@ -35,6 +35,22 @@ def read_audio(path: str | Path, sample_rate_hz: int) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def wav_bytes(audio: np.ndarray, sample_rate_hz: int) -> bytes:
+    """Mono 16-bit PCM WAV file bytes; float samples scale by 32768, so what ``read_audio`` gave comes back exactly."""
+    import io
+    import wave
+
+    samples = np.nan_to_num(np.asarray(audio, np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate_hz)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
 def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     import librosa
 

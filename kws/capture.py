@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import collections
 import datetime
-import io
 import json
 import logging
 import os
 import re
 import tempfile
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from kws.audio_file import wav_bytes
 from kws.bundle import atomic_write
 from kws.detector import Detection
 from kws.errors import ConfigError
@@ -143,19 +142,6 @@ def clip_name(detection: Detection) -> str:
     stamp = utc.strftime("%Y%m%dT%H%M%S") + f".{utc.microsecond // 1000:03d}Z"
     model, keyword = (_UNSAFE.sub("-", x) or "-" for x in (detection.model, detection.keyword))
     return f"{stamp}_{model}_{keyword}_{detection.score:.4f}.wav"
-
-
-def wav_bytes(audio: np.ndarray, sample_rate_hz: int) -> bytes:
-    """16-bit mono PCM WAV; float samples scale by 32768 (so 16-bit input comes back exactly)."""
-    samples = np.nan_to_num(np.asarray(audio, np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
-    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate_hz)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
 
 
 class ClipWriter:

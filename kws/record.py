@@ -8,7 +8,6 @@ there, so an interrupted session resumes where it stopped.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
@@ -296,17 +295,13 @@ def prepare_folder(folder: Path) -> Path:
 
 def save_clip(folder: Path, audio: np.ndarray) -> Path:
     """``audio`` as the next ``NNNN.wav`` in ``folder`` (16 kHz mono PCM16), written atomically."""
-    import soundfile
-
+    from kws.audio_file import wav_bytes
     from kws.bundle import atomic_write
 
     number = max(existing_clips(folder), default=0) + 1
     path = folder / f"{number:04d}.wav"
-    pcm = np.clip(np.round(np.asarray(audio, np.float64) * 32768), -32768, 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    soundfile.write(buffer, pcm, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
     try:
-        atomic_write(path, buffer.getvalue())
+        atomic_write(path, wav_bytes(audio, SAMPLE_RATE_HZ))
     except OSError as error:
         raise KwsError(f"cannot write {path}: {error.strerror or error}; "
                        "check the folder's permissions and free space") from None

@@ -13,7 +13,6 @@ The index is a CSV with ``path`` and ``transcript`` columns (the layout of ``../
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 import re
@@ -79,8 +78,7 @@ def best_windows(scores: np.ndarray, count: int, min_probability: float, separat
 
 def mine(settings: MineSettings, teacher) -> Mined:
     """Mine clips with ``teacher`` (anything with ``predict(audio (n, 16000)) -> (n, 12)``)."""
-    import soundfile
-
+    from kws.audio_file import wav_bytes
     from kws.bundle import atomic_write
 
     rate = data.SAMPLE_RATE_HZ
@@ -112,9 +110,7 @@ def mine(settings: MineSettings, teacher) -> Mined:
                 folder = Path(settings.out_dir) / word
                 folder.mkdir(parents=True, exist_ok=True)
                 path = folder / f"{utterance}_{int(round(offset_s * 1000)):06d}.wav"
-                buffer = io.BytesIO()
-                soundfile.write(buffer, windows[k], rate, subtype="PCM_16", format="WAV")
-                atomic_write(path, buffer.getvalue())
+                atomic_write(path, wav_bytes(windows[k], rate))
                 result.paths.append(path)
                 result.rows.append((str(path), word, utterance, round(float(offset_s), 3), round(float(scores[k]), 4)))
     manifest = Path(settings.out_dir) / "MINED.csv"

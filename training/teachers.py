@@ -23,15 +23,14 @@ beside the checkout. TensorFlow, Keras and h5py are imported on first use.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import wave
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from kws.audio_file import wav_bytes
 from kws.errors import KwsError
 from kws.features import FeatureSettings, Mfcc
 from training.data import CLIP_SAMPLES, KEYWORDS, LABELS, SAMPLE_RATE_HZ, SILENCE, UNKNOWN
@@ -192,17 +191,6 @@ class MlperfTeacher(MappedTeacher):
 
 # --- Arm "Hello Edge" DS-CNN (frozen TF1 graphs) -------------------------------------------------
 
-def wav_bytes(clip: np.ndarray) -> bytes:
-    """A float clip as the bytes of a mono 16-bit PCM WAV file at 16 kHz (``x * 32768``, rounded)."""
-    pcm = np.clip(np.round(clip * 32768.0), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE_HZ)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
-
 
 class FrozenGraphTeacher(MappedTeacher):
     """A TF1 frozen graph that reads a WAV file's bytes and outputs softmax probabilities."""
@@ -249,7 +237,7 @@ class FrozenGraphTeacher(MappedTeacher):
             self._session = self._open()
         session, wav_in, probs_out = self._session
         # The graph decodes one WAV file per run (its input is a scalar string).
-        return np.stack([session.run(probs_out, {wav_in: wav_bytes(clip)})[0] for clip in audio])
+        return np.stack([session.run(probs_out, {wav_in: wav_bytes(clip, SAMPLE_RATE_HZ)})[0] for clip in audio])
 
 
 # --- Attention RNN (Keras 2 .h5 weights, rebuilt in Keras 3) -------------------------------------

@@ -39,7 +39,9 @@ class TakeChecks:
     frame_ms: float = 10.0
     """Length of the analysis frames."""
     floor_percentile: float = 10.0
-    """The take's noise floor is this percentile of its frame levels."""
+    """The take's noise floor is this percentile of its frame levels (digital silence left out) ..."""
+    file_floor_percentile: float = 30.0
+    """... and a whole file's (a file holds more background around the word than a take, and less evenly)."""
     above_floor_db: float = 10.0
     """A frame is speech when it is at least this far above the noise floor ..."""
     below_peak_db: float = 30.0
@@ -58,6 +60,8 @@ class TakeChecks:
     """Longest speech kept; a take window also limits it to its length minus both margins."""
     edge_s: float = 0.02
     """Speech within this of a take window's start or end was cut off."""
+    max_gap_s: float = 0.3
+    """In a whole file, speech frames closer than this belong to one utterance; the one with most energy is kept."""
 
     @property
     def frame_samples(self) -> int:
@@ -121,6 +125,8 @@ class TakeResult:
     trimmed: np.ndarray
     peak_dbfs: float
     voiced_s: float
+    speech_centre_s: float = 0.0
+    """Middle of the speech found, in seconds from the start of the take (0 when none was found)."""
 
     @property
     def message(self) -> str:
@@ -134,28 +140,53 @@ def frame_levels_dbfs(audio: np.ndarray, frame_samples: int) -> np.ndarray:
     return np.maximum(20 * np.log10(np.maximum(rms, 1e-12)), SILENCE_DBFS)
 
 
+def loudest_utterance(voiced: np.ndarray, levels_dbfs: np.ndarray, max_gap_frames: int,
+                      min_frames: int = 1) -> np.ndarray:
+    """The run of ``voiced`` frame indices (gaps up to ``max_gap_frames``) holding the most energy.
+
+    Runs of at least ``min_frames`` come first (if there are any), so that a click,
+    however loud, does not outweigh a word.
+    """
+    breaks = np.flatnonzero(np.diff(voiced) > max_gap_frames + 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks + 1, [voiced.size]])
+    power = 10 ** (levels_dbfs[voiced] / 10)
+    runs = list(zip(starts, ends))
+    long_enough = [(a, b) for a, b in runs if voiced[b - 1] - voiced[a] + 1 >= min_frames]
+    a, b = max(long_enough or runs, key=lambda run: power[run[0] : run[1]].sum())
+    return voiced[a:b]
+
+
 def check_take(audio: np.ndarray, checks: TakeChecks = TakeChecks(), *, whole_file: bool = False) -> TakeResult:
     """Trim a take (16 kHz mono float in [-1, 1]) to its speech and decide whether to keep it.
 
     ``whole_file``: ``audio`` is a whole file rather than a take window, so speech may touch
-    its ends and only ``max_voiced_s`` limits its length. Pure: ``audio`` is not changed.
+    its ends and only ``max_voiced_s`` limits its length; and only its loudest utterance is
+    kept (a click or a word before or after the wake word is cut off). Pure: ``audio`` is
+    not changed.
     """
     audio = np.asarray(audio, np.float32).reshape(-1)
     frame = checks.frame_samples
     levels = frame_levels_dbfs(audio, frame)
     peak = float(levels.max()) if levels.size else SILENCE_DBFS
-    floor = float(np.percentile(levels, checks.floor_percentile)) if levels.size else SILENCE_DBFS
+    audible = levels[levels > SILENCE_DBFS + 1]  # digital silence (padding of a file) is not the room's floor
+    percentile = checks.file_floor_percentile if whole_file else checks.floor_percentile
+    floor = float(np.percentile(audible if audible.size else levels, percentile)) if levels.size else SILENCE_DBFS
     voiced = np.flatnonzero(levels >= max(floor + checks.above_floor_db, peak - checks.below_peak_db))
+    if whole_file and voiced.size:
+        voiced = loudest_utterance(voiced, levels, round(checks.max_gap_s * 1000 / checks.frame_ms),
+                                   round(checks.min_voiced_s * 1000 / checks.frame_ms))
     if voiced.size:
         first, last = int(voiced[0]), int(voiced[-1])
         margin = round(checks.margin_s * SAMPLE_RATE_HZ)
         trimmed = audio[max(0, first * frame - margin) : (last + 1) * frame + margin].copy()
         voiced_s = (last - first + 1) * frame / SAMPLE_RATE_HZ
+        centre_s = (first + last + 1) * frame / 2 / SAMPLE_RATE_HZ
     else:
-        first, last, trimmed, voiced_s = 0, 0, audio.copy(), 0.0
+        first, last, trimmed, voiced_s, centre_s = 0, 0, audio.copy(), 0.0, 0.0
 
     def rejected(reason: str, detail: str) -> TakeResult:
-        return TakeResult(False, reason, detail, trimmed, peak, voiced_s)
+        return TakeResult(False, reason, detail, trimmed, peak, voiced_s, centre_s)
 
     clipped = int(np.count_nonzero(np.abs(audio) >= checks.clip_level))
     if clipped > checks.max_clipped_samples:
@@ -179,7 +210,7 @@ def check_take(audio: np.ndarray, checks: TakeChecks = TakeChecks(), *, whole_fi
     if voiced_s > longest:
         return rejected("too long", f"{voiced_s:.2f} s of speech, at most {longest:.2f} s; say just the word, "
                                     "with nothing before or after it")
-    return TakeResult(True, None, "", trimmed, peak, voiced_s)
+    return TakeResult(True, None, "", trimmed, peak, voiced_s, centre_s)
 
 
 # --------------------------------------------------------------------------- talking to the person recording

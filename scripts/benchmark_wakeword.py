@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--synth", type=int, default=0, metavar="N", help="synthetic clips of the word (TTS)")
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")
     parser.add_argument("--engines", nargs="+", help="TTS engines (default: all installed)")
+    parser.add_argument("--hard-negative-epochs", type=int, metavar="N", help="second round on mined negatives")
     parser.add_argument("--base", help="transfer base (default: models/kws12-run; 'none' = from scratch)")
     parser.add_argument("--target-fa-per-hour", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, help="cache of decoded Speech Commands clips")
@@ -97,7 +98,7 @@ def custom_settings(args: argparse.Namespace, run_dir: Path, samples: Path, word
             "--target-fa-per-hour", str(args.target_fa_per_hour), "--out", str(run_dir / "models")]
     for option, value in (("--speech-commands", args.speech_commands), ("--epochs", args.epochs),
                           ("--clips-per-class", args.clips_per_class), ("--base", args.base),
-                          ("--cache", args.cache)):
+                          ("--cache", args.cache), ("--hard-negative-epochs", args.hard_negative_epochs)):
         if value is not None:
             argv += [option, str(value)]
     if args.negatives:

@@ -74,7 +74,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     args = ["custom", str(run), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
-            "--engines", "espeak-ng", "--out", str(models)]
+            "--engines", "espeak-ng", "--hard-negative-epochs", "1", "--out", str(models)]
     result = kws_train(*args)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     return run, models, result
@@ -137,9 +137,16 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
 
     # transfer: the frozen first convolution still holds the base's weights; the classifier is new
     model, base = keras.models.load_model(run / "model.keras"), keras.models.load_model(base_run / "model.keras")
-    first = next(l.name for l in model.layers if isinstance(l, keras.layers.Conv2D))
-    np.testing.assert_array_equal(model.get_layer(first).get_weights()[0], base.get_layer(first).get_weights()[0])
+    mine, theirs = (next(l for l in m.layers if isinstance(l, keras.layers.Conv2D)) for m in (model, base))
+    np.testing.assert_array_equal(mine.get_weights()[0], theirs.get_weights()[0])  # (names differ: Keras numbers them)
     assert model.get_layer("logits").units == 3 and base.get_layer("logits").units == 12
+
+    # the second round: windows of the training speakers' speech the first model took for the word
+    mined = json.loads((run / "hard_negatives.json").read_text())
+    assert mined and all(m["file"] in split["negatives_training"] for m in mined)
+    assert [m["score"] for m in mined] == sorted((m["score"] for m in mined), reverse=True)
+    assert (run / "history_round1.json").is_file() and len(json.loads((run / "history.json").read_text())) == 1
+    assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined)
 
     card = (run / "computer.md").read_text()
     assert "FRR" in card and "false accept" in card and "held-out" in card
@@ -210,3 +217,59 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
                           "--noise", str(root / "_background_noise_")], capture_output=True, timeout=120, cwd=ROOT)
     assert few.returncode == 2 and few.stderr.decode().strip().startswith("benchmark_wakeword: error: ")
     assert len(few.stderr.decode().strip().splitlines()) == 1
+
+
+class EnergyModel:
+    """A stand-in classifier: the word's probability is a window's mean log energy (MFCC c0), scaled to [0, 1]
+    over the batch. Enough to check where the miner looks; the real model is in ``trained``."""
+
+    def predict(self, x, batch_size=None, verbose=0):
+        energy = x[:, :, 0, 0].mean(axis=1)  # x: (windows, frames, coefficients, 1)
+        score = (energy - energy.min()) / max(float(np.ptp(energy)), 1e-9)
+        return np.stack([np.zeros_like(score), 1 - score, score], axis=1)
+
+
+def test_mining_keeps_one_window_per_peak_the_highest_first(tmp_path):
+    from kws.audio_file import wav_bytes
+
+    rate = 16000
+    audio = np.random.default_rng(0).normal(0, 0.01, 8 * rate).astype(np.float32)
+    tone = np.sin(2 * np.pi * 440 * np.arange(int(0.4 * rate)) / rate).astype(np.float32)
+    audio[2 * rate : 2 * rate + tone.size] += 0.5 * tone  # the loudest sound, at 2.0 s
+    audio[int(5.5 * rate) : int(5.5 * rate) + tone.size] += 0.2 * tone  # a quieter one, at 5.5 s
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav_bytes(audio, rate))
+    quiet = tmp_path / "quiet.wav"
+    quiet.write_bytes(wav_bytes(np.zeros(rate // 2, np.float32), rate))  # shorter than a window: left out
+    features = FeatureSettings()
+
+    windows, where = custom.mine_hard_negatives(EnergyModel(), [path, quiet], rate, features, keyword=2,
+                                                limit=10, min_score=0.3)
+    assert len(where) == len(windows) == 2, where  # one per loud sound, not one per overlapping window
+    assert where[0]["score"] > where[1]["score"]
+    assert 2.4 - 1.0 - 0.01 <= where[0]["start_s"] <= 2.0 and 5.9 - 1.0 - 0.01 <= where[1]["start_s"] <= 5.5
+    assert windows.dtype == np.int16 and windows.shape == (2, rate)
+    assert np.abs(windows[0]).max() > 0.4 * 32767 and np.abs(windows[1]).max() < 0.3 * 32767
+
+    top, top_where = custom.mine_hard_negatives(EnergyModel(), [path], rate, features, 2, limit=1, min_score=0.3)
+    assert len(top) == 1 and top_where[0] == where[0]
+    none, _ = custom.mine_hard_negatives(EnergyModel(), [path], rate, features, 2, limit=10, min_score=1.01)
+    assert none.shape == (0, rate)
+
+
+def test_clip_window_keeps_the_recordings_own_background(tmp_path):
+    """The positive's window is cut from the file around its speech, not padded with digital zeros."""
+    from kws.record import check_take
+    from kws.audio_file import read_audio
+
+    path = sorted(WAKEWORDS.glob("*.ogg"))[0]
+    audio = read_audio(path, 16000)
+    found = check_take(audio, whole_file=True)
+    samples = 24000
+    window = custom.clip_window(path, samples, 16000)
+    start = round(found.speech_centre_s * 16000) - samples // 2
+    expected = np.zeros(samples, np.float32)
+    lo, hi = max(0, start), min(audio.size, start + samples)
+    expected[lo - start : hi - start] = audio[lo:hi]
+    np.testing.assert_array_equal(window, expected)
+    assert found.voiced_s < 1.0 and np.count_nonzero(window) > 0.9 * min(samples, audio.size)

@@ -442,3 +442,34 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert result.returncode == 2 and len(lines) == 1, lines
     assert lines[0].startswith(message.format(tmp=tmp_path)), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_file_padded_with_digital_silence_is_trimmed_to_its_word(shared_data):
+    """Files often begin and end with digital zeros: they are not the room's floor, so the
+    background between them and the word is not taken for speech."""
+    word = core(read_clip(WORDS["stop"]))
+    background = 0.006  # -44 dBFS room noise, the level of many real wake-word recordings
+    middle = np.concatenate([np.zeros(8000, np.float32), word, np.zeros(8000, np.float32)])
+    middle = middle + noise(middle.size / SAMPLE_RATE_HZ, background, seed=2)
+    padded = np.concatenate([np.zeros(16000, np.float32), middle, np.zeros(16000, np.float32)])
+    result = check_take(padded, CHECKS, whole_file=True)
+    word_s = word.size / SAMPLE_RATE_HZ
+    assert result.accepted, result.message
+    assert result.voiced_s <= word_s + 0.1, (result.voiced_s, word_s)
+    assert result.speech_centre_s == pytest.approx(1.5 + word_s / 2, abs=0.1)
+
+
+def test_file_keeps_its_loudest_utterance_not_a_click_or_a_later_word(shared_data):
+    """A click before the word and a quieter word after it: the file's word is the one with the most energy."""
+    word = core(read_clip(WORDS["stop"]))
+    quieter = core(read_clip(WORDS["go"])) * 0.3
+    click = np.zeros(16000, np.float32)
+    click[3200:3280] = 0.9  # 5 ms at nearly full scale, 0.8 s before the word
+    audio = in_take(np.concatenate([click, word, np.zeros(12000, np.float32), quieter]), 0.3, 0.3)
+    result = check_take(audio, CHECKS, whole_file=True)
+    word_start_s = 0.3 + click.size / SAMPLE_RATE_HZ
+    assert result.accepted, result.message
+    assert result.speech_centre_s == pytest.approx(word_start_s + word.size / SAMPLE_RATE_HZ / 2, abs=0.1)
+    assert result.voiced_s <= word.size / SAMPLE_RATE_HZ + 0.1
+    as_take = check_take(audio, CHECKS)  # a take keeps all of it: speech before or after the word is its problem
+    assert as_take.voiced_s > result.voiced_s + 0.5

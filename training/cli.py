@@ -211,6 +211,7 @@ def _custom_settings(args):
                         ("negatives", "negatives"), ("noise", "noise"), ("rir", "rir"), ("room", "room"),
                         ("synth", "synth_clips"), ("near_misses", "near_miss_clips"), ("engines", "engines"),
                         ("holdout", "holdout"), ("seed", "seed"), ("window_s", "window_s"),
+                        ("hard_negative_epochs", "hard_negative_epochs"),
                         ("target_fa_per_hour", "target_fa_per_hour"), ("name", "name"), ("out", "out_dir"),
                         ("cache", "cache_dir")):
         value = getattr(args, option)
@@ -509,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs (default 30)")
     p.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
     p.add_argument("--window-s", type=float, help="model window in seconds (default: from your clips, at least 1)")
+    p.add_argument("--hard-negative-epochs", type=int, metavar="N",
+                   help="then mine the training speech for what the model takes for the word, add it to _unknown_ "
+                        "and train N more epochs (default 10; 0 = off)")
     p.add_argument("--base", help="run folder with model.keras whose conv weights start training, or 'none' "
                    "(default: the bundled default model's run folder, models/kws12-run)")
     p.add_argument("--target-fa-per-hour", type=float, help="calibration target (default 0.5)")

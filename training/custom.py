@@ -7,8 +7,8 @@ model's convolutional weights loaded before compiling), ``quantize_int8``,
 
 Data:
 
-* positives: the clips in ``samples_dir``, each trimmed to its speech (as ``kws record``
-  checks a take) and centred in the window. A seeded ``holdout`` share is never
+* positives: the clips in ``samples_dir``, each cut to the window centred on its speech
+  (found as ``kws record`` finds it in a file), with the recording's own background. A seeded ``holdout`` share is never
   trained on: it chooses the checkpoint (validation accuracy), and gives the
   held-out figures and the calibration's false rejects. Optional synthetic clips of
   the word (``synth_clips``, ``training.synth``) join the training positives.
@@ -112,6 +112,13 @@ class CustomSettings:
     """At most this many held-out ``_unknown_`` windows in the validation split."""
     gain_db: tuple[float, float] = (-10.0, 6.0)
     """Random gain of every training example that is not ``_silence_`` (after noise mixing)."""
+    hard_negative_epochs: int = 10
+    """After training, the windows of the training speech (and room) that the model takes most for the word are
+    added to ``_unknown_`` and training goes on for this many epochs; 0 = no second round."""
+    hard_negative_windows: int = 1000
+    """At most this many mined windows (the highest-scoring, one per peak)."""
+    hard_negative_min_score: float = 0.05
+    """Only windows whose word probability reaches this are mined."""
     target_fa_per_hour: float = 0.5
     """Calibration target: false accepts per hour on the held-out negatives."""
     snrs_db: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
@@ -133,6 +140,8 @@ class CustomSettings:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
         if self.synth_clips < 0 or self.near_miss_clips < 0:
             raise ConfigError("--synth and --near-misses must not be negative")
+        if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
+            raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
             raise ConfigError(f"--window-s {self.window_s:g}: give 0.5 to 3 seconds (0 = from the clips)")
         if not 0 <= self.calibration_share < 1:
@@ -395,13 +404,30 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in data.AUDIO_SUFFIXES and p.is_file())
 
 
-def trimmed_clip(path: Path, sample_rate_hz: int) -> tuple[np.ndarray, float]:
-    """The clip cut to its speech plus margins, as ``kws record`` checks a take; and the speech length."""
+def speech_length_s(path: Path, sample_rate_hz: int) -> float:
+    """Length of the clip's speech (its loudest utterance, as ``kws record`` finds it in a file)."""
     from kws.record import check_take
 
     audio = read_audio(path, sample_rate_hz)
-    result = check_take(audio, whole_file=True)
-    return result.trimmed, (result.voiced_s or result.trimmed.size / sample_rate_hz)
+    return check_take(audio, whole_file=True).voiced_s or audio.size / sample_rate_hz
+
+
+def clip_window(path: Path, samples: int, sample_rate_hz: int) -> np.ndarray:
+    """``samples`` of the clip centred on its speech, with the clip's own background around it.
+
+    The recording's background, not digital silence, surrounds the word, as it will when
+    the model listens; zeros pad only a clip shorter than the window (or its ends).
+    """
+    from kws.record import check_take
+
+    audio = read_audio(path, sample_rate_hz)
+    found = check_take(audio, whole_file=True)
+    centre = round(found.speech_centre_s * sample_rate_hz) if found.voiced_s else audio.size // 2
+    start = centre - samples // 2
+    out = np.zeros(samples, np.float32)
+    lo, hi = max(0, start), min(audio.size, start + samples)
+    out[lo - start : hi - start] = audio[lo:hi]
+    return out
 
 
 def gather_inputs(settings: CustomSettings, features: FeatureSettings) -> Inputs:
@@ -417,7 +443,7 @@ def gather_inputs(settings: CustomSettings, features: FeatureSettings) -> Inputs
     voiced = {}
     for path in files:
         try:
-            voiced[str(path)] = trimmed_clip(path, features.sample_rate_hz)[1]
+            voiced[str(path)] = speech_length_s(path, features.sample_rate_hz)
         except AudioError as error:
             raise ConfigError(f"sample {path} cannot be read ({error}): remove it or re-record it") from None
     rng = np.random.default_rng([settings.seed, 1])
@@ -604,7 +630,7 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
     with timer.stage("decode audio"):
         for paths, where, what in ((inputs.positives_training, "training", "positives (yours)"),
                                    (inputs.positives_holdout, "validation", "held-out positives")):
-            add(np.stack([_to_int16(centred(trimmed_clip(p, data.SAMPLE_RATE_HZ)[0], samples)) for p in paths]),
+            add(np.stack([_to_int16(clip_window(p, samples, data.SAMPLE_RATE_HZ)) for p in paths]),
                 keyword, where, what)
         rng = np.random.default_rng([settings.seed, 3])
         if settings.speech_commands is not None:
@@ -655,6 +681,81 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         _LOGGER.warning("no noise recordings: _silence_ examples are digital silence; pass --speech-commands or --noise")
     _LOGGER.info("corpus: %s", ", ".join(f"{n} {what}" for what, n in parts.counts.items()))
     return corpus, parts
+
+
+# --- hard negatives -----------------------------------------------------------------------------------------
+
+
+def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: FeatureSettings, keyword: int,
+                        limit: int, min_score: float, stride_s: float = 0.2,
+                        batch_windows: int = 8192) -> tuple[np.ndarray, list[dict]]:
+    """The windows of ``files`` that ``model`` scores highest for class ``keyword``: int16 ``(n, samples)``.
+
+    Each file is cut into windows every ``stride_s`` (features computed once per file,
+    scored in batches of about ``batch_windows`` over files); of each run of windows
+    above ``min_score`` only the highest is kept, then the ``limit`` highest over all
+    files. Also returns where each came from.
+    """
+    from kws.features import Mfcc
+
+    mfcc = Mfcc(features)
+    frames = features.frames_for(samples)
+    hop = features.hop_samples
+    stride = max(1, int(round(stride_s * features.sample_rate_hz / hop)))
+    found: list[tuple[float, int, int]] = []  # (score, file index, first sample)
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (file index, first frames, windows)
+
+    def score_pending() -> None:
+        windows = np.concatenate([w for _, _, w in pending])
+        scores = model.predict(windows[..., None], batch_size=1024, verbose=0)[:, keyword]
+        at = 0
+        for index, starts, w in pending:
+            own = scores[at : at + len(w)]
+            at += len(w)
+            peaks: list[tuple[float, int]] = []
+            for i in np.flatnonzero(own >= min_score):  # one per run: a run's windows overlap the same sound
+                if peaks and i - peaks[-1][1] <= frames // stride:
+                    if own[i] > peaks[-1][0]:
+                        peaks[-1] = (float(own[i]), i)
+                    continue
+                peaks.append((float(own[i]), i))
+            found.extend((score, index, int(starts[i]) * hop) for score, i in peaks)
+        pending.clear()
+
+    for index, path in enumerate(files):
+        try:
+            audio = read_audio(path, features.sample_rate_hz)
+        except AudioError as error:
+            _LOGGER.warning("skipped negative %s: %s", path, error)
+            continue
+        if audio.size < samples:
+            continue
+        feats = mfcc.compute(audio)
+        starts = np.arange(0, len(feats) - frames + 1, stride)
+        pending.append((index, starts, np.stack([feats[s : s + frames] for s in starts])))
+        if sum(len(w) for _, _, w in pending) >= batch_windows:
+            score_pending()
+    if pending:
+        score_pending()
+    found.sort(reverse=True)
+    found = found[:limit]
+    windows = []
+    for _, index, start in found:  # read again: only the files with a mined window
+        cut = read_audio(files[index], features.sample_rate_hz)[start : start + samples]
+        windows.append(_to_int16(np.pad(cut, (0, samples - cut.size))))
+    where = [{"file": str(files[i]), "start_s": round(start / features.sample_rate_hz, 2), "score": round(score, 3)}
+             for score, i, start in found]
+    out = np.stack(windows) if windows else np.zeros((0, samples), np.int16)
+    return out, where
+
+
+def with_hard_negatives(corpus: Corpus, windows: np.ndarray) -> Corpus:
+    """``corpus`` with ``windows`` added as ``_unknown_`` training rows."""
+    unknown = corpus.labels.index(data.UNKNOWN)
+    return dataclasses.replace(
+        corpus, audio=np.concatenate([corpus.audio, windows]),
+        label=np.concatenate([corpus.label, np.full(len(windows), unknown, corpus.label.dtype)]),
+        split=np.concatenate([corpus.split, np.full(len(windows), "training", corpus.split.dtype)]))
 
 
 # --- transfer -----------------------------------------------------------------------------------------------
@@ -748,6 +849,12 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     maker = GainEpochs(corpus, train_settings, settings.gain_db)
     train_started = time.perf_counter()
     model = train(corpus, train_settings, run_dir, timer, maker=maker, prepare_model=prepare)
+    mined = []
+    mining_files = list(inputs.negatives_training) + list(inputs.room_files)
+    if settings.hard_negative_epochs and settings.hard_negative_windows and mining_files:
+        model, corpus, maker, mined = hard_negative_round(model, corpus, settings, train_settings, inputs,
+                                                          mining_files, run_dir, timer)
+        parts.counts["hard negatives (mined)"] = len(mined)
     train_s = time.perf_counter() - train_started
 
     with timer.stage("quantize"):
@@ -778,6 +885,49 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     atomic_write(run_dir / f"{settings.bundle_name}.md", card.encode())
     atomic_write(run_dir / "figures.json", (json.dumps(figures, indent=1) + "\n").encode())
     return figures
+
+
+def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
+                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer):
+    """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
+
+    The second round starts from all of ``model``'s weights (the first convolution still
+    fixed when ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``;
+    its best checkpoint (validation accuracy) is the model. Returns (model, corpus, maker, mined).
+    """
+    from training.train import train
+
+    samples = corpus.audio.shape[1]
+    with timer.stage("mine hard negatives"):
+        windows, mined = mine_hard_negatives(model, files, samples, train_settings.features,
+                                             corpus.labels.index(settings.word), settings.hard_negative_windows,
+                                             settings.hard_negative_min_score)
+    atomic_write(run_dir / "hard_negatives.json", (json.dumps(mined, indent=1) + "\n").encode())
+    _LOGGER.info("mined %d hard negative window(s) from %d file(s) (scores %s); training %d more epochs",
+                 len(mined), len(files), f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
+                 settings.hard_negative_epochs)
+    if not mined:
+        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db), mined
+    first_history = run_dir / "history.json"
+    if first_history.exists():
+        first_history.replace(run_dir / "history_round1.json")
+    corpus = with_hard_negatives(corpus, windows)
+    round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
+                                         learning_rate=train_settings.learning_rate / 2)
+    maker = GainEpochs(corpus, round_settings, settings.gain_db)
+    weights = model.get_weights()
+
+    def resume(fresh) -> None:
+        fresh.set_weights(weights)
+        if settings.base is not None and settings.freeze_first_conv:
+            from keras import layers
+
+            first = next(i for i, l in enumerate(fresh.layers) if isinstance(l, layers.Conv2D))
+            for layer in fresh.layers[first : first + 2]:
+                layer.trainable = False
+
+    model = train(corpus, round_settings, run_dir, timer, maker=maker, prepare_model=resume)
+    return model, corpus, maker, mined
 
 
 def export(run_dir: Path, settings: CustomSettings, train_settings: TrainSettings, inputs: Inputs, model,

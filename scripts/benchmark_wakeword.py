@@ -26,8 +26,10 @@ one word (the folder's name is the word unless ``--word``):
   bundle's calibrated threshold; the two columns differ only if they do not.
 
 Prints a markdown table (FRR per condition at both thresholds), the FA/h measured, the
-hours of negatives and the training time with the pipeline's stage breakdown. Without
-``--run-dir`` the run goes to a temporary folder that is removed at the end.
+hours of negatives and the training time with the pipeline's stage breakdown. With
+``--run-dir`` the run is kept there, with ``det.png`` (the DET curve of the held-out
+clips against the held-out negatives) and ``benchmark.json`` (the figures); without it
+the run goes to a temporary folder that is removed at the end.
 Bad input (a missing folder, fewer than ``--count`` + 5 clips) stops with one line.
 """
 
@@ -133,7 +135,8 @@ def evaluate(bundle_path: Path, run_dir: Path, held_out: list[Path], noise_folde
     at_calibrated = replayer.point(replayer.at(calibrated))
     speech_names = {str(p) for p in speech}
     speech_hours = sum(s.duration_s for s in negatives.streams if s.name in speech_names) / 3600
-    return {"rate": rate, "at_rate": at_rate, "calibrated": calibrated, "at_calibrated": at_calibrated,
+    return {"replayer": replayer, "settings": settings,
+            "rate": rate, "at_rate": at_rate, "calibrated": calibrated, "at_calibrated": at_calibrated,
             "conditions": settings.conditions, "positives": positives.clips, "hours": negatives.hours,
             "speech_hours": speech_hours, "skipped": len(positives.skipped) + len(negatives.skipped)}
 
@@ -165,6 +168,27 @@ def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s
     if result["skipped"]:
         lines.append(f"- {result['skipped']} unreadable file(s) skipped")
     return "\n".join(lines)
+
+
+def save_results(run_dir: Path, word: str, args: argparse.Namespace, result: dict, figures: dict,
+                 wall_s: float) -> None:
+    """``RUN/benchmark.json`` (the figures) and ``RUN/det.png`` (false rejects against false accepts per hour)."""
+    from kws.bundle import atomic_write
+    from training import stream_eval as se
+
+    replayer, rate = result["replayer"], result["rate"]
+    sweep = replayer.sweep(replayer.usable(result["settings"].det_grid()))
+    se.save_det(replayer, sweep, {f"calibrated {result['calibrated']:g}": result["at_calibrated"]},
+                f"'{word}': {args.count} training recordings, {result['positives']} held out",
+                run_dir / "det.png", args.target_fa_per_hour)
+    body = {"word": word, "count": args.count, "seed": args.seed, "held_out_positives": result["positives"],
+            "negative_hours": round(result["hours"], 4), "speech_hours": round(result["speech_hours"], 4),
+            "at_target": {**rate.to_dict(), **result["at_rate"].to_dict()},
+            "at_calibrated": result["at_calibrated"].to_dict(), "wall_s": round(wall_s, 1),
+            "train_s": figures["train_s"], "examples": figures["examples"],
+            "det": [p.to_dict() for p in sweep]}
+    atomic_write(run_dir / "benchmark.json", (json.dumps(body, indent=1) + "\n").encode())
+    print(f"\nwrote {run_dir / 'det.png'} and {run_dir / 'benchmark.json'}")
 
 
 def main(argv=None) -> int:
@@ -199,6 +223,8 @@ def main(argv=None) -> int:
         result = evaluate(Path(figures["bundle"]), run_dir, held_out, args.noise, args.seed, args.target_fa_per_hour)
         print()
         print(report(word, args.count, args.seed, result, figures, wall_s, stages))
+        if args.run_dir is not None:
+            save_results(args.run_dir, word, args, result, figures, wall_s)
     except KwsError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 2

@@ -211,6 +211,10 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
         assert f"| {condition} | " in out
     assert "FA/h reachable" in out and "wall" in out
     assert (tmp_path / "run" / "models" / "computer.json").is_file()
+    assert (tmp_path / "run" / "det.png").stat().st_size > 1000
+    figures = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert figures["held_out_positives"] == 5 and figures["det"] and figures["negative_hours"] > 0
+    assert f"{figures['at_target']['frr']['clean']:.1%}" in out
     assert len(list((tmp_path / "run" / "samples").iterdir())) == 8
 
     few = subprocess.run([sys.executable, "scripts/benchmark_wakeword.py", str(word), "--count", "9",

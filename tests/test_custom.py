@@ -277,3 +277,18 @@ def test_clip_window_keeps_the_recordings_own_background(tmp_path):
     expected[lo - start : hi - start] = audio[lo:hi]
     np.testing.assert_array_equal(window, expected)
     assert found.voiced_s < 1.0 and np.count_nonzero(window) > 0.9 * min(samples, audio.size)
+
+
+def test_clip_window_fills_digital_padding_with_the_clips_background():
+    """The alexa recordings end with about 0.5 s of digital zeros: the window must not carry them (a model
+    learns that digital silence means the word, and fires at the end of every file)."""
+    from kws.audio_file import read_audio
+
+    path = SHARED / "data" / "wakewords" / "alexa" / "1.ogg"
+    audio = read_audio(path, 16000)
+    zeros = np.abs(audio) < custom.DIGITAL_SILENCE
+    assert zeros[-4000:].all()  # the recording as it is: padded
+    window = custom.clip_window(path, 3 * 16000, 16000)  # longer than the clip: both ends reach past it
+    assert np.mean(np.abs(window) < custom.DIGITAL_SILENCE) < 0.05
+    first, last = custom.audible_span(audio)
+    assert np.sqrt(np.mean(window[-8000:] ** 2)) < 0.1 * np.abs(audio[first:last]).max()  # background, not speech

@@ -88,6 +88,9 @@ class CustomSettings:
     """A recording (file or folder) of the room the device will listen in: noise and ``_unknown_`` windows."""
     synth_clips: int = 0
     """Synthetic clips of the word from the installed TTS engines (training only)."""
+    real_share: float = 0.5
+    """With synthetic clips, the user's clips are repeated until they make up at least this share of the
+    training positives (0 = no repeats)."""
     near_miss_clips: int = 0
     """TTS clips per near-miss text, as ``_unknown_``."""
     engines: tuple[str, ...] = ()
@@ -136,6 +139,8 @@ class CustomSettings:
                 or word.startswith(BACKGROUND_PREFIX) or "\0" in word:
             raise ConfigError(f"--word {word!r}: give the word itself, e.g. --word computer (no slash, not "
                               f"starting with '{BACKGROUND_PREFIX}'; a phrase as hey_pi)")
+        if not 0 <= self.real_share < 1:
+            raise ConfigError(f"real_share {self.real_share:g}: give a share in [0, 1)")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
         if self.synth_clips < 0 or self.near_miss_clips < 0:
@@ -412,11 +417,34 @@ def speech_length_s(path: Path, sample_rate_hz: int) -> float:
     return check_take(audio, whole_file=True).voiced_s or audio.size / sample_rate_hz
 
 
+DIGITAL_SILENCE = 1e-4
+"""Samples below this (-80 dBFS) at the ends of a clip are padding the recorder added, not the room."""
+BACKGROUND_S = 0.2
+"""Length of the quietest stretch of a clip that fills its window beyond the recording."""
+
+
+def audible_span(audio: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last sample of ``audio`` above ``DIGITAL_SILENCE`` ((0, 0) when none is)."""
+    loud = np.flatnonzero(np.abs(audio) >= DIGITAL_SILENCE)
+    return (int(loud[0]), int(loud[-1]) + 1) if loud.size else (0, 0)
+
+
+def quietest_stretch(audio: np.ndarray, samples: int) -> np.ndarray:
+    """The ``samples`` of ``audio`` with the lowest energy (all of it when shorter): its background."""
+    if audio.size <= samples:
+        return audio
+    energy = np.convolve(np.square(audio, dtype=np.float64), np.ones(samples), mode="valid")
+    start = int(np.argmin(energy[:: samples // 4])) * (samples // 4)
+    return audio[start : start + samples]
+
+
 def clip_window(path: Path, samples: int, sample_rate_hz: int) -> np.ndarray:
     """``samples`` of the clip centred on its speech, with the clip's own background around it.
 
     The recording's background, not digital silence, surrounds the word, as it will when
-    the model listens; zeros pad only a clip shorter than the window (or its ends).
+    the model listens: where the window reaches past the recording, or into the digital
+    zeros some recorders pad a file with, it holds the clip's quietest stretch, repeated.
+    (A model trained on zero-padded positives learns that digital silence means the word.)
     """
     from kws.record import check_take
 
@@ -424,9 +452,12 @@ def clip_window(path: Path, samples: int, sample_rate_hz: int) -> np.ndarray:
     found = check_take(audio, whole_file=True)
     centre = round(found.speech_centre_s * sample_rate_hz) if found.voiced_s else audio.size // 2
     start = centre - samples // 2
-    out = np.zeros(samples, np.float32)
-    lo, hi = max(0, start), min(audio.size, start + samples)
-    out[lo - start : hi - start] = audio[lo:hi]
+    first, last = audible_span(audio)
+    background = quietest_stretch(audio[first:last], int(BACKGROUND_S * sample_rate_hz))
+    out = np.resize(background, samples).astype(np.float32) if background.size else np.zeros(samples, np.float32)
+    lo, hi = max(first, start), min(last, start + samples)
+    if hi > lo:
+        out[lo - start : hi - start] = audio[lo:hi]
     return out
 
 
@@ -628,10 +659,10 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         parts.counts[what] = parts.counts.get(what, 0) + len(audio)
 
     with timer.stage("decode audio"):
-        for paths, where, what in ((inputs.positives_training, "training", "positives (yours)"),
-                                   (inputs.positives_holdout, "validation", "held-out positives")):
-            add(np.stack([_to_int16(clip_window(p, samples, data.SAMPLE_RATE_HZ)) for p in paths]),
-                keyword, where, what)
+        yours, held_out = (np.stack([_to_int16(clip_window(p, samples, data.SAMPLE_RATE_HZ)) for p in paths])
+                           for paths in (inputs.positives_training, inputs.positives_holdout))
+        add(yours, keyword, "training", "positives (yours)")
+        add(held_out, keyword, "validation", "held-out positives")
         rng = np.random.default_rng([settings.seed, 3])
         if settings.speech_commands is not None:
             training, validation = speech_commands_clips(settings.speech_commands, settings.word,
@@ -668,6 +699,11 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
 
     if settings.synth_clips:
         add_tts([settings.text], settings.synth_clips, "synth", 0, keyword, "synthetic positives", "--synth")
+        synthetic = parts.counts["synthetic positives"]
+        copies = math.ceil(settings.real_share / (1 - settings.real_share) * synthetic / len(yours)) - 1 \
+            if settings.real_share > 0 else 0
+        if copies > 0:  # the user's voice, not the TTS voices, is what the model must learn
+            add(np.tile(yours, (copies, 1)), keyword, "training", "positives (yours, repeated)")
     if settings.near_miss_clips:
         parts.near_miss_texts = near_miss_texts(settings.word)
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",

@@ -601,6 +601,28 @@ def speech_commands_clips(root: Path, word: str, limit: int, rng: np.random.Gene
     return chosen, [c for c in clips if c.split == "validation"]
 
 
+TTS_BACKGROUND_DBFS = (-65.0, -45.0)
+"""RMS range of the room noise put under synthetic clips."""
+
+
+def with_background(clips: np.ndarray, noise: Sequence[np.ndarray], rng: np.random.Generator,
+                    level_dbfs: tuple[float, float] = TTS_BACKGROUND_DBFS) -> np.ndarray:
+    """``clips`` (float) with a quiet cut of ``noise`` under each, at a random RMS in ``level_dbfs``.
+
+    Text-to-speech renders the word between digital zeros; a model trained on that learns
+    that digital silence goes with the word, and fires where a stream falls silent (the
+    end of a file, a muted microphone). Without noise recordings, a white-noise floor.
+    """
+    from training.augment import random_noise_cuts
+
+    if not len(clips):
+        return clips
+    cuts = random_noise_cuts(noise, len(clips), clips.shape[1], rng) if noise else \
+        rng.standard_normal(clips.shape).astype(np.float32)
+    level = 10 ** (rng.uniform(*level_dbfs, size=len(clips)) / 20)
+    return np.clip(clips + cuts * level[:, None].astype(np.float32), -1.0, 1.0)
+
+
 class GainEpochs(EpochMaker):
     """``EpochMaker`` plus a random gain on every example that is not ``_silence_`` (a quieter or louder speaker)."""
 
@@ -694,8 +716,10 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
                                f"no {what}")
             _LOGGER.warning("%s", parts.notes[-1])
         paths = [p for ps in found.values() for p in ps]
-        add(np.stack([_to_int16(centred(read_audio(p, data.SAMPLE_RATE_HZ), samples)) for p in paths])
-            if paths else np.zeros((0, samples), np.int16), label_index, "training", what)
+        clips = np.stack([centred(read_audio(p, data.SAMPLE_RATE_HZ), samples) for p in paths]) if paths else \
+            np.zeros((0, samples), np.float32)
+        add(_to_int16(with_background(clips, noise, np.random.default_rng([settings.seed, 4, seed]))),
+            label_index, "training", what)
 
     if settings.synth_clips:
         add_tts([settings.text], settings.synth_clips, "synth", 0, keyword, "synthetic positives", "--synth")

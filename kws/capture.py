@@ -69,17 +69,21 @@ class DetectionClip:
 
 
 class AudioRing:
-    """The most recent audio of a stream, by stream position; holds at least ``capacity`` samples before the newest chunk."""
+    """The most recent audio of a stream, by stream position; holds at least ``capacity`` samples before the newest chunk.
 
-    def __init__(self, capacity: int):
+    ``start`` is the stream position of the first sample appended (a ring made mid-stream).
+    """
+
+    def __init__(self, capacity: int, start: int = 0):
         self.capacity = capacity
+        self.start = start
         self._chunks: collections.deque[tuple[int, np.ndarray]] = collections.deque()
 
     @property
     def end(self) -> int:
-        """Samples appended since the start of the stream."""
+        """Stream position after the newest sample: ``start`` plus the samples appended."""
         if not self._chunks:
-            return 0
+            return self.start
         start, chunk = self._chunks[-1]
         return start + chunk.size
 
@@ -106,11 +110,14 @@ class AudioRing:
 
 
 class ClipCollector:
-    """Consumer side: ``feed`` each chunk with the detections it gave; get the clips that are complete."""
+    """Consumer side: ``feed`` each chunk with the detections it gave; get the clips that are complete.
 
-    def __init__(self, settings: CaptureSettings):
+    ``start_sample`` is the stream position of the first chunk fed (a collector made mid-stream).
+    """
+
+    def __init__(self, settings: CaptureSettings, start_sample: int = 0):
         self.settings = settings
-        self._ring = AudioRing(settings.pre_roll_samples + settings.post_roll_samples)
+        self._ring = AudioRing(settings.pre_roll_samples + settings.post_roll_samples, start_sample)
         self._pending: list[Detection] = []
 
     def _span(self, detection: Detection) -> tuple[int, int]:

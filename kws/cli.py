@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -22,9 +20,6 @@ from kws.cli_common import configure_logging
 from kws.errors import AudioError, ConfigError, KwsError
 
 _LOGGER = logging.getLogger(__name__)
-
-OVERRUN_REPORT_S = 10.0
-"""At most one "fell behind" warning per this many seconds."""
 
 
 def _load_model(args):
@@ -91,64 +86,30 @@ def _flush(spotter, seconds: float) -> list:
     return spotter.feed(np.zeros(samples, np.float32))
 
 
-class _Stop(BaseException):
-    """SIGTERM. Not an ``Exception``, so no ``except Exception`` (e.g. in logging's emit) can swallow it."""
-
-
-def _raise_stop(signum, frame):
-    raise _Stop()
-
-
 def cmd_listen(args) -> int:
-    from kws.actions import Dispatcher, HookAction, JsonLinesAction
-    from kws.sources import open_source
+    """The daemon (``kws.daemon``): it loads config and models through ``_setup`` at the start and on SIGHUP."""
+    from kws.daemon import Daemon, DaemonSettings, Setup
+    from kws.sdnotify import Notifier
+    from kws.status import status_file_from_environment
 
-    bundles, config = _load_models(args)
-    spotter = _spotter(args, bundles, config)
-    actions = [JsonLinesAction()]
-    if config.hooks.commands:
-        actions.append(HookAction(config.hooks))
-    collector = None
-    save_dir = args.save_detections or config.save_detections
-    if save_dir is not None:
-        from kws.capture import CaptureSettings, ClipCollector, ClipWriter
+    def setup() -> Setup:
+        bundles, config = _load_models(args)
+        return Setup(config, _spotter(args, bundles, config))
 
-        capture = CaptureSettings(Path(save_dir), sample_rate_hz=spotter.sample_rate_hz)
-        actions.append(ClipWriter(capture))  # checks the folder now, before the microphone opens
-        collector = ClipCollector(capture)
-    source = open_source(args.input, spotter.sample_rate_hz, args.device or config.device)
-    dispatcher = Dispatcher(actions)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    models = "; ".join(f"model {h.bundle.name} ({h.bundle.json_path}), keywords "
-                       f"{', '.join(h.settings.keywords or h.bundle.keywords)}" for h in spotter.heads)
-    _LOGGER.info("%s; reading %s", models, source.description)
-    if collector is not None:
-        _LOGGER.info("saving the audio around each detection to %s", collector.settings.directory)
-    reported, reported_at = 0, -math.inf
+    settings = DaemonSettings(
+        input=args.input, device=args.device, save_detections=args.save_detections, config_path=args.config,
+        status_interval_s=args.status_interval_s, status_file=args.status_file or status_file_from_environment())
+    return Daemon(settings, setup, Notifier.from_environment()).run()
+
+
+def cmd_status(args) -> int:
+    from kws.status import StatusError, show_status
+
     try:
-        for chunk in source.chunks():
-            detections = spotter.feed(chunk)
-            for detection in detections:
-                dispatcher.submit(detection)
-            for clip in collector.feed(chunk, detections) if collector is not None else ():
-                dispatcher.submit(clip)
-            overruns = getattr(source, "overruns", 0)
-            if overruns > reported and time.monotonic() - reported_at >= OVERRUN_REPORT_S:
-                _LOGGER.warning("fell behind the microphone: %d audio block(s) dropped so far", overruns)
-                reported, reported_at = overruns, time.monotonic()
-        detections = _flush(spotter, spotter.window_s)  # silence, not audio: clips do not get it
-        for detection in detections:
-            dispatcher.submit(detection)
-        for clip in collector.feed(np.zeros(0, np.float32), detections) if collector is not None else ():
-            dispatcher.submit(clip)
-    except (KeyboardInterrupt, _Stop):
-        _LOGGER.info("stopping")
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while closing ends kws at once
-        source.close()
-        for clip in collector.finish() if collector is not None else ():  # what there is of their post-roll
-            dispatcher.submit(clip)
-        dispatcher.close()
+        show_status(args.status_file, args.json, sys.stdout)
+    except StatusError as error:
+        print(f"kws: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -297,6 +258,24 @@ def cmd_record(args) -> int:
     return record(settings, Console(sys.stderr), args.sources or ())
 
 
+def cmd_wyoming(args) -> int:
+    from kws.wyoming_server import ServerSettings, WakeEngine, run_server  # needs the optional wyoming package
+
+    settings = ServerSettings(uri=args.uri) if args.uri else ServerSettings()  # a bad URI fails before the models load
+    bundles, config = _load_models(args)
+    engine = WakeEngine.from_spotter(_spotter(args, bundles, config))
+    dispatcher = None
+    if config.hooks.commands:
+        from kws.actions import Dispatcher, HookAction
+
+        dispatcher = Dispatcher([HookAction(config.hooks)])
+    try:
+        return run_server(engine, settings, dispatcher.submit if dispatcher is not None else None)
+    finally:
+        if dispatcher is not None:
+            dispatcher.close()
+
+
 def _model_options(p: argparse.ArgumentParser, detector: bool) -> None:
     if not detector:
         p.add_argument("--model", help="bundle name in models/ or path to its .json/.tflite (default: kws12)")
@@ -325,7 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="read an audio file, or - for raw 16-bit mono PCM on stdin, instead of a microphone")
     p.add_argument("--save-detections", type=Path, metavar="DIR",
                    help="save the audio around each detection (1.5 s before to 0.5 s after) as WAV files in DIR")
+    p.add_argument("--status-interval-s", type=float, metavar="S",
+                   help="a status line in the log (and the status file) every S seconds (default 300, or "
+                        "[service] status_interval_s in the config)")
+    p.add_argument("--status-file", type=Path, metavar="PATH",
+                   help="write the status as JSON to PATH (default $STATE_DIRECTORY/status.json under systemd, "
+                        "else none); `kws status` reads it")
     p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("status", help="how the kws service is doing: its status file, else systemd's view")
+    p.add_argument("--status-file", type=Path, metavar="PATH",
+                   help="the file `kws listen --status-file` writes (default $STATE_DIRECTORY/status.json, "
+                        "else /var/lib/kws/status.json)")
+    p.add_argument("--json", action="store_true", help="the status file as it is")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("detect", help="stream a file through the detector; print each detection's offset")
     p.add_argument("file", type=Path)
@@ -358,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="sources", nargs="+", type=Path, metavar="FILE_OR_DIR",
                    help="import these audio files (folders are searched) instead of recording; --count does not apply")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("wyoming", help="wake-word server for Home Assistant's voice pipeline (Wyoming protocol)")
+    _model_options(p, detector=True)
+    p.add_argument("--uri", help="where to listen: tcp://HOST:PORT or unix://PATH (default tcp://0.0.0.0:10400)")
+    p.set_defaults(func=cmd_wyoming)
     return parser
 
 

@@ -24,6 +24,17 @@ Example::
     yes = ["/usr/local/bin/lights", "on"]
     stop = [["mpc", "stop"], ["sh", "-c", "echo stopped >> /tmp/kws.log"]]
     "*" = ["logger", "-t", "kws"]
+
+    [mqtt]                           # detections to an MQTT broker; keywords as Home Assistant events
+    host = "homeassistant.local"
+    username = "kws"
+    password = "secret"
+
+    [webhook]                        # each detection POSTed as JSON
+    url = "http://homeassistant.local:8123/api/webhook/kws-detected"
+
+    [service]                        # kws listen as a long-running service
+    status_interval_s = 300          # a status line in the log (and the status file) this often
 """
 
 from __future__ import annotations
@@ -31,17 +42,31 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from kws.actions import ANY_KEYWORD, HookSettings, model_key, split_key
 from kws.cli_common import load_toml
 from kws.errors import ConfigError
 
+if TYPE_CHECKING:
+    from kws.mqtt import MqttSettings
+    from kws.webhook import WebhookSettings
+
 _LOGGER = logging.getLogger(__name__)
 
-_TOP_KEYS = {"model", "device", "keywords", "save_detections", "detector", "thresholds", "hooks"}
+_TOP_KEYS = {"model", "device", "keywords", "save_detections", "detector", "thresholds", "hooks", "mqtt", "webhook",
+             "service"}
+_SERVICE_KEYS = {"status_interval_s"}
 _DETECTOR_KEYS = {"stride_ms", "smoothing_s", "refractory_s"}
 _HOOK_KEYS = {"timeout_s", "max_parallel", "commands"}
+# key -> kind of value (see _typed_table); the fields of MqttSettings and WebhookSettings.
+_MQTT_KEYS = {"host": "str", "port": "int", "topic_prefix": "str", "node_id": "str", "device_name": "str",
+              "client_id": "str", "username": "str", "password": "str", "tls": "bool", "ca_file": "path",
+              "cert_file": "path", "key_file": "path", "tls_insecure": "bool", "discovery": "bool",
+              "discovery_prefix": "str", "qos": "int", "keepalive_s": "int", "connect_timeout_s": "number",
+              "reconnect_max_s": "int", "queue_size": "int", "max_age_s": "number", "close_timeout_s": "number"}
+_WEBHOOK_KEYS = {"url": "str", "timeout_s": "number", "retries": "int", "backoff_s": "number",
+                 "headers": "str_table", "queue_size": "int", "max_age_s": "number", "close_timeout_s": "number"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,12 @@ class Config:
     detector: Mapping[str, float] = field(default_factory=dict)
     thresholds: Mapping[str, float] = field(default_factory=dict)
     hooks: HookSettings = field(default_factory=HookSettings)
+    mqtt: MqttSettings | None = None
+    """``[mqtt]``: publish detections to a broker (``kws listen``); None = no MQTT."""
+    webhook: WebhookSettings | None = None
+    """``[webhook]``: POST each detection to a URL (``kws listen``); None = no webhook."""
+    status_interval_s: float | None = None
+    """``[service] status_interval_s``: seconds between two status lines of ``kws listen``; None = not set here."""
 
 
 def _number(where: str, value: Any) -> float:
@@ -73,6 +104,65 @@ def _argv_lists(where: str, value: Any) -> tuple[tuple[str, ...], ...]:
     ):
         raise ConfigError(f'{where} must be an argv list like ["cmd", "arg"] or a list of them')
     return tuple(tuple(argv) for argv in value)
+
+
+def _typed_table(where: str, table: dict, kinds: Mapping[str, str], base: Path) -> dict[str, Any]:
+    """The values of ``table`` (keys already checked) as ``kinds`` says: str, int, number, bool, path, str_table.
+
+    A ``path`` is relative to ``base`` (the config file's folder).
+    """
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        kind, name = kinds[key], f"{where}.{key}"
+        if kind == "number":
+            options[key] = _number(name, value)
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}")
+            options[key] = value
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, not {value!r}")
+            options[key] = value
+        elif kind in ("str", "path"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+            options[key] = value if kind == "str" else base / Path(value).expanduser()
+        elif kind == "str_table":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError(f"{name} must be a table of name = \"string\"")
+            options[key] = dict(value)
+        else:
+            raise AssertionError(f"unknown kind {kind}")
+    return options
+
+
+def _mqtt(path: Path, raw: dict) -> MqttSettings | None:
+    if "mqtt" not in raw:
+        return None
+    from kws.mqtt import MqttSettings
+
+    table = _check_keys(f"{path}: [mqtt]", raw["mqtt"], set(_MQTT_KEYS))
+    if "host" not in table:
+        raise ConfigError(f"{path}: [mqtt] needs host, the broker's host name or address")
+    try:
+        return MqttSettings(**_typed_table(f"{path}: mqtt", table, _MQTT_KEYS, path.parent))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _webhook(path: Path, raw: dict) -> WebhookSettings | None:
+    if "webhook" not in raw:
+        return None
+    from kws.webhook import WebhookSettings
+
+    table = _check_keys(f"{path}: [webhook]", raw["webhook"], set(_WEBHOOK_KEYS))
+    if "url" not in table:
+        raise ConfigError(f"{path}: [webhook] needs url, where to POST each detection")
+    try:
+        return WebhookSettings(**_typed_table(f"{path}: webhook", table, _WEBHOOK_KEYS, path.parent))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:
@@ -127,8 +217,16 @@ def load_config(path: str | Path) -> Config:
         hooks = HookSettings(commands=commands, **hook_options)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    service = _check_keys(f"{path}: [service]", raw.get("service", {}), _SERVICE_KEYS)
+    status_interval_s = None
+    if "status_interval_s" in service:
+        status_interval_s = _number(f"{path}: service.status_interval_s", service["status_interval_s"])
+        if not status_interval_s > 0:
+            raise ConfigError(f"{path}: service.status_interval_s must be positive (seconds), "
+                              f"not {status_interval_s:g}")
     return Config(models=models, device=None if device is None else str(device), keywords=keywords,
-                  save_detections=save_detections, detector=detector, thresholds=thresholds, hooks=hooks)
+                  save_detections=save_detections, detector=detector, thresholds=thresholds, hooks=hooks,
+                  mqtt=_mqtt(path, raw), webhook=_webhook(path, raw), status_interval_s=status_interval_s)
 
 
 def check_against_models(config: Config, models: Mapping[str, tuple[str, ...]], where: str) -> None:

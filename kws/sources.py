@@ -77,6 +77,25 @@ def _sounddevice():
     return sounddevice
 
 
+def refresh_devices() -> None:
+    """Make PortAudio list the devices anew, e.g. a USB microphone plugged in (again) since kws started.
+
+    PortAudio reads its device list once, when it is initialised, and has no call to
+    refresh it (its "hotplug" branch was never released). sounddevice has no public
+    one either; its maintainer's advice (spatialaudio/python-sounddevice issues #125,
+    #516) is to terminate and initialise PortAudio again, ``sd._terminate()`` then
+    ``sd._initialize()``, which this does. That ends every open stream of the process:
+    call it only with no stream open.
+    """
+    sd = _sounddevice()
+    try:
+        while sd._initialized > 0:
+            sd._terminate()
+        sd._initialize()
+    except sd.PortAudioError as error:
+        raise AudioError(f"cannot list the audio devices: {error}") from None
+
+
 def input_devices() -> list[dict]:
     """Input-capable devices as sounddevice reports them, each with its ``index``."""
     sd = _sounddevice()
@@ -169,7 +188,8 @@ class MicrophoneSource:
         self._queue.append(indata.copy())
         self._ready.set()
 
-    def start(self) -> None:
+    def start(self, log_level: int = logging.INFO) -> None:
+        """Open the stream; the "listening on" line is logged at ``log_level`` (retries log at debug)."""
         try:
             self._stream = self._sd.InputStream(
                 device=self.device["index"], channels=self.channels, samplerate=self.device_rate_hz,
@@ -177,7 +197,8 @@ class MicrophoneSource:
             self._stream.start()
         except self._sd.PortAudioError as error:
             raise AudioError(f"cannot open {self.description}: {error}") from None
-        _LOGGER.info("listening on %s at %d Hz, %d channel(s)", self.description, self.device_rate_hz, self.channels)
+        _LOGGER.log(log_level, "listening on %s at %d Hz, %d channel(s)", self.description, self.device_rate_hz,
+                    self.channels)
 
     def chunks(self) -> Iterator[np.ndarray]:
         if self._stream is None:

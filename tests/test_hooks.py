@@ -1,4 +1,4 @@
-"""Hook commands: environment, JSON on stdin, timeout, failure; and the TOML config."""
+"""Hook commands: environment, JSON on stdin, timeout, failure; under stress (floods, hangs, bursts); the config."""
 
 from __future__ import annotations
 
@@ -168,3 +168,98 @@ def test_bad_config_is_one_clear_error(tmp_path, body, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+# --------------------------------------------------------------------------- under stress
+
+
+def test_hook_flooding_stdout_and_stderr_neither_blocks_nor_eats_memory(caplog):
+    """50 MB on each of stdout and stderr: read as it comes, only a tail of stderr kept."""
+    import tracemalloc
+
+    flood = (PY, "-c", "import sys\n"
+             "line = b'x' * 1023 + b'\\n'\n"
+             "for _ in range(50 * 1024):\n"
+             "    sys.stdout.buffer.write(line); sys.stderr.buffer.write(line)\n"
+             "sys.stderr.write('lamp not found\\n'); sys.exit(4)")
+    action = HookAction(HookSettings(commands={"yes": (flood,)}, timeout_s=60))
+    tracemalloc.start()
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.ERROR):
+            action.handle(detection())
+            assert time.monotonic() - start < 1.0  # handle only starts it
+            action.close()
+        elapsed = time.monotonic() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 50, elapsed  # not killed at its timeout: it ran to its end
+    assert peak < 5 * 2**20, f"{peak / 2**20:.1f} MB held while a hook wrote 50 MB to stderr"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("failed with exit status 4: lamp not found") for m in messages), messages
+
+
+def test_hook_leaving_a_child_behind_is_done_when_it_exits(tmp_path, caplog):
+    """A hook that starts something in the background and exits: its child keeps stderr open, yet the hook is done."""
+    out = tmp_path / "child.txt"
+    argv = ("sh", "-c", f"(sleep 8; echo late > {out}) & echo started")
+    action = HookAction(HookSettings(commands={"yes": (argv,)}, timeout_s=20))
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        action.handle(detection())
+        action.close()
+    assert time.monotonic() - start < 5  # not waiting for the child, nor killing it at the timeout
+    assert any("hook sh for 'yes' done" in r.getMessage() for r in caplog.records)
+    assert not any("killed" in r.getMessage() for r in caplog.records)
+    deadline = time.monotonic() + 20
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.read_text() == "late\n"  # the child was left alone
+
+
+def test_hanging_hook_is_killed_with_its_children(tmp_path, caplog):
+    out = tmp_path / "grandchild.txt"
+    argv = ("sh", "-c", f"(sleep 3; echo survived > {out}) & sleep 60")
+    action = HookAction(HookSettings(commands={"yes": (argv,)}, timeout_s=1.0))
+    start = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        action.handle(detection())
+        action.close()
+    assert 1.0 <= time.monotonic() - start < 10
+    assert any("hook sh for 'yes' ran longer than 1.0 s and was killed" in r.getMessage() for r in caplog.records)
+    time.sleep(4)
+    assert not out.exists()  # its process group went with it
+
+
+def test_max_parallel_drops_the_excess_with_one_log_line(tmp_path, caplog):
+    """max_parallel=2 and 5 detections at once: 2 run, 3 are dropped (one line), none queued for later."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    hold = (PY, "-c", "import os, pathlib, sys, time\n"
+            f"pathlib.Path({str(started)!r}, str(os.getpid())).write_text(os.environ['KWS_OFFSET_S'])\n"
+            "deadline = time.monotonic() + 30\n"
+            f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+            "    time.sleep(0.02)\n")
+    action = HookAction(HookSettings(commands={"*": (hold,)}, max_parallel=2, timeout_s=60))
+    with caplog.at_level(logging.WARNING):
+        start = time.monotonic()
+        for i in range(5):
+            action.handle(Detection("yes", 0.9, float(i), "kws12"))
+        assert time.monotonic() - start < 1.0  # handle never waits for a free slot
+        deadline = time.monotonic() + 30
+        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # time enough for a third to start, were it queued
+        assert sorted(p.read_text() for p in started.iterdir()) == ["0.000", "1.000"]
+        drops = [r.getMessage() for r in caplog.records]
+        assert len(drops) == 1 and "not run: 2 hook(s) already running (hooks.max_parallel)" in drops[0], drops
+        release.touch()
+        action.close()  # both finish; the dropped ones never run
+        assert len(list(started.iterdir())) == 2
+        action.handle(Detection("stop", 0.9, 9.0, "kws12"))  # the slots are free again
+        action.close()
+    assert sorted(p.read_text() for p in started.iterdir()) == ["0.000", "1.000", "9.000"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and messages[1] == "3 hook run(s) were dropped while 2 hook(s) were running " \
+                                                 "(hooks.max_parallel)", messages

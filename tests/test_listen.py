@@ -453,36 +453,6 @@ def test_listen_unknown_device_is_one_line_error(pulse, model):
 
 
 # --------------------------------------------------------------------------- 6. vanished microphone
-
-
-@pytest.mark.parametrize("how", ["server killed", "sink suspended"])
-def test_listen_exits_when_microphone_vanishes(tmp_path, model, how):
-    """The microphone goes away while kws listens: one error line naming it, non-zero exit, quickly.
-
-    Killing the audio server ends the PortAudio stream; a suspended sink leaves the stream
-    open but delivering nothing, which kws's stall detection (5 s) has to catch.
-    """
-    reason = pulseaudio_missing()
-    if reason:
-        pytest.skip(reason)
-    own = PulseAudio(tmp_path / "pulse", {SINK: 16000})
-    try:
-        with Listener(["--model", str(model), "--device", "pulse"], own.env) as listener:
-            listener.wait_for_log(r"listening on microphone \d+: pulse at 16000 Hz")
-            time.sleep(0.5)
-            if how == "server killed":
-                own.kill(signal.SIGKILL)
-            else:
-                subprocess.run(["pactl", "suspend-sink", SINK, "1"], env=own.env, check=True, timeout=10)
-            vanished = time.monotonic()
-            code = listener.wait(timeout=15)
-            took = time.monotonic() - vanished
-    finally:
-        own.stop()
-    assert code != 0, "\n".join(listener.stderr)
-    assert took < 15
-    assert not any("Traceback" in line for line in listener.stderr), "\n".join(listener.stderr)
-    errors = [line for line in listener.stderr if line.startswith("kws: error:")]
-    assert len(errors) == 1, listener.stderr
-    assert re.search(r"microphone \d+: pulse\b", errors[0]), errors
-    assert listener.stderr[-1] == errors[0]
+# kws no longer exits when the microphone goes away: it waits for it and goes on (issue 5);
+# tests/test_daemon.py::test_microphone_loss_is_waited_out_without_a_restart covers both ways
+# it can go (audio server killed, sink suspended).

@@ -263,12 +263,14 @@ def cmd_wyoming(args) -> int:
 
     settings = ServerSettings(uri=args.uri) if args.uri else ServerSettings()  # a bad URI fails before the models load
     bundles, config = _load_models(args)
-    engine = WakeEngine.from_spotter(_spotter(args, bundles, config))
-    dispatcher = None
-    if config.hooks.commands:
-        from kws.actions import Dispatcher, HookAction
+    spotter = _spotter(args, bundles, config)
+    engine = WakeEngine.from_spotter(spotter)
+    from kws.actions import Dispatcher, HookAction, configured_actions
 
-        dispatcher = Dispatcher([HookAction(config.hooks)])
+    actions = [HookAction(config.hooks)] if config.hooks.commands else []
+    actions += configured_actions(config, {h.bundle.name: h.settings.keywords or h.bundle.keywords  # [mqtt], [webhook]
+                                           for h in spotter.heads})
+    dispatcher = Dispatcher(actions) if actions else None
     try:
         return run_server(engine, settings, dispatcher.submit if dispatcher is not None else None)
     finally:

@@ -437,3 +437,20 @@ def test_pcm_widths_decode_to_the_same_samples():
     converter = PcmConverter(SAMPLE_RATE_HZ, 2, 2, SAMPLE_RATE_HZ)
     pieces = [converter.convert(stereo[i : i + 3]) for i in range(0, len(stereo), 3)]
     np.testing.assert_array_equal(np.concatenate(pieces), expected / 2)
+
+
+def test_detections_also_go_to_the_webhook_of_the_config(tmp_path, shared_data):
+    """``[webhook]`` (and ``[mqtt]``, built by the same ``configured_actions``) act on Wyoming detections too."""
+    from test_webhook import Server as HttpServer
+
+    http = HttpServer()
+    config = tmp_path / "kws.toml"
+    config.write_text(f'[webhook]\nurl = "{http.url}"\ntimeout_s = 2\n')
+    running = Server(tmp_path, "--config", str(config))
+    try:
+        assert names(session(running.port, stream_events(pcm16(keyword_audio("yes")[0])))) == ["kws12/yes"]
+        posted = [json.loads(r["body"]) for r in http.wait_for(1, 10)]
+    finally:
+        assert running.stop() == 0
+        http.stop()
+    assert [(d["keyword"], d["model"]) for d in posted] == [("yes", "kws12")]

@@ -1096,7 +1096,10 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
         "",
         "## Training",
         "",
-        f"{figures['epochs']} epochs, {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
+        f"{figures['epochs']} epochs"
+        + (f", then {settings.hard_negative_epochs} more with {mined} mined hard negatives"
+           if (mined := figures["examples"].get("hard negatives (mined)")) else "")
+        + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
         + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{figures['base']}`"
            + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),

@@ -137,32 +137,29 @@ def _typed_table(where: str, table: dict, kinds: Mapping[str, str], base: Path) 
     return options
 
 
-def _mqtt(path: Path, raw: dict) -> MqttSettings | None:
-    if "mqtt" not in raw:
+def _network_table(path: Path, raw: dict, name: str, kinds: dict, required: str, what: str, settings_class):
+    """``[name]`` as ``settings_class`` (None when absent): keys checked and typed by ``kinds``, ``required`` set."""
+    if name not in raw:
         return None
-    from kws.mqtt import MqttSettings
-
-    table = _check_keys(f"{path}: [mqtt]", raw["mqtt"], set(_MQTT_KEYS))
-    if "host" not in table:
-        raise ConfigError(f"{path}: [mqtt] needs host, the broker's host name or address")
+    table = _check_keys(f"{path}: [{name}]", raw[name], set(kinds))
+    if required not in table:
+        raise ConfigError(f"{path}: [{name}] needs {required}, {what}")
     try:
-        return MqttSettings(**_typed_table(f"{path}: mqtt", table, _MQTT_KEYS, path.parent))
+        return settings_class(**_typed_table(f"{path}: {name}", table, kinds, path.parent))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _mqtt(path: Path, raw: dict) -> MqttSettings | None:
+    from kws.mqtt import MqttSettings
+
+    return _network_table(path, raw, "mqtt", _MQTT_KEYS, "host", "the broker's host name or address", MqttSettings)
 
 
 def _webhook(path: Path, raw: dict) -> WebhookSettings | None:
-    if "webhook" not in raw:
-        return None
     from kws.webhook import WebhookSettings
 
-    table = _check_keys(f"{path}: [webhook]", raw["webhook"], set(_WEBHOOK_KEYS))
-    if "url" not in table:
-        raise ConfigError(f"{path}: [webhook] needs url, where to POST each detection")
-    try:
-        return WebhookSettings(**_typed_table(f"{path}: webhook", table, _WEBHOOK_KEYS, path.parent))
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+    return _network_table(path, raw, "webhook", _WEBHOOK_KEYS, "url", "where to POST each detection", WebhookSettings)
 
 
 def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:

@@ -782,6 +782,7 @@ def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: Fe
             found.extend((score, index, int(starts[i]) * hop) for score, i in peaks)
         pending.clear()
 
+    waiting = 0  # windows in pending
     for index, path in enumerate(files):
         try:
             audio = read_audio(path, features.sample_rate_hz)
@@ -793,8 +794,10 @@ def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: Fe
         feats = mfcc.compute(audio)
         starts = np.arange(0, len(feats) - frames + 1, stride)
         pending.append((index, starts, np.stack([feats[s : s + frames] for s in starts])))
-        if sum(len(w) for _, _, w in pending) >= batch_windows:
+        waiting += len(starts)
+        if waiting >= batch_windows:
             score_pending()
+            waiting = 0
     if pending:
         score_pending()
     found.sort(reverse=True)
@@ -821,6 +824,15 @@ def with_hard_negatives(corpus: Corpus, windows: np.ndarray) -> Corpus:
 # --- transfer -----------------------------------------------------------------------------------------------
 
 
+def freeze_first_convolution(model) -> None:
+    """Keep ``model``'s first convolution and its batch norm as they are (set before compiling)."""
+    from keras import layers
+
+    first = next(i for i, l in enumerate(model.layers) if isinstance(l, layers.Conv2D))
+    for layer in model.layers[first : first + 2]:
+        layer.trainable = False
+
+
 def transfer_weights(model, base_model, freeze_first_conv: bool) -> list[str]:
     """Copy every layer's weights but the dense classifier's from ``base_model``; names of the copied layers.
 
@@ -845,9 +857,7 @@ def transfer_weights(model, base_model, freeze_first_conv: bool) -> list[str]:
         mine.set_weights(source.get_weights())
         copied.append(mine.name)
     if freeze_first_conv:
-        first = next(i for i, l in enumerate(model.layers) if isinstance(l, layers.Conv2D))
-        for layer in model.layers[first : first + 2]:  # the conv and its batch norm
-            layer.trainable = False
+        freeze_first_convolution(model)
     return copied
 
 
@@ -980,11 +990,7 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     def resume(fresh) -> None:
         fresh.set_weights(weights)
         if settings.base is not None and settings.freeze_first_conv:
-            from keras import layers
-
-            first = next(i for i, l in enumerate(fresh.layers) if isinstance(l, layers.Conv2D))
-            for layer in fresh.layers[first : first + 2]:
-                layer.trainable = False
+            freeze_first_convolution(fresh)
 
     model = train(corpus, round_settings, run_dir, timer, maker=maker, prepare_model=resume)
     return model, corpus, maker, mined

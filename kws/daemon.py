@@ -216,7 +216,7 @@ class Daemon:
         rate = g.spotter.sample_rate_hz
         if self.settings.status_file is not None:
             check_status_file(self.settings.status_file)
-        source = open_source(self.settings.input, rate, self._device_spec(g))
+        source = open_source(self.settings.input, rate, self._device_spec(g), block_ms=g.spotter.block_ms)
         self._source = source
         self._source_description = source.description
         models = "; ".join(f"model {h.bundle.name} ({h.bundle.json_path}), keywords "
@@ -556,7 +556,7 @@ class Daemon:
             source = None
             try:
                 refresh_devices()  # a microphone plugged in again may have a new index; look it up anew
-                source = MicrophoneSource(spec, g.spotter.sample_rate_hz)
+                source = MicrophoneSource(spec, g.spotter.sample_rate_hz, block_ms=g.spotter.block_ms)
                 source.start(log_level=logging.DEBUG if self._lost_at is not None else logging.INFO)
             except Exception as error:  # the supervisor: AudioError mostly, but whatever fails, try again later
                 if source is not None:

@@ -178,8 +178,11 @@ class Mfcc:
         count = self.settings.frames_for(audio.size)
         if count == 0:
             return np.zeros((0, self.settings.n_mfcc), np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(audio, self.settings.window_samples)
-        return self.frames_from_matrix(frames[:: self.settings.hop_samples][:count])
+        # (as_strided, not sliding_window_view: the same view at a fraction of the cost per call)
+        frames = np.lib.stride_tricks.as_strided(
+            audio, shape=(count, self.settings.window_samples),
+            strides=(audio.strides[0] * self.settings.hop_samples, audio.strides[0]), writeable=False)
+        return self.frames_from_matrix(frames)
 
     def compute_batch(self, audio: np.ndarray) -> np.ndarray:
         """MFCCs of equal-length clips ``(n, samples)`` -> ``(n, frames, n_mfcc)``; same numbers as ``compute``."""
@@ -199,24 +202,62 @@ class Mfcc:
 
 
 class MfccStream:
-    """Streaming MFCC: ``feed`` chunks of any size, get only the frames they complete."""
+    """Streaming MFCC: ``feed`` chunks of any size, get only the frames they complete.
+
+    ``push`` only buffers audio; ``take`` computes every frame the buffer completes,
+    in one batch. A caller that needs frames only every so often (the spotter, at
+    each inference) pushes every chunk and takes when it needs them: one FFT call
+    for several frames instead of one per chunk. The buffer is allocated once and
+    grows only for a chunk larger than any before.
+    """
 
     def __init__(self, mfcc: Mfcc):
         self._mfcc = mfcc
-        self._pending = np.zeros(0, np.float32)
+        settings = mfcc.settings
+        self._hop = settings.hop_samples
+        self._window = settings.window_samples
+        self._buffer = np.zeros(self._window + 8 * self._hop, np.float32)
+        self._filled = 0
 
     @property
     def settings(self) -> FeatureSettings:
         return self._mfcc.settings
 
-    def feed(self, chunk: np.ndarray) -> np.ndarray:
-        pending = np.concatenate([self._pending, np.asarray(chunk, dtype=np.float32).reshape(-1)])
-        frames = self._mfcc.compute(pending)
-        self._pending = pending[len(frames) * self.settings.hop_samples :]
+    @property
+    def available_frames(self) -> int:
+        """Frames that ``take`` would return now."""
+        return 0 if self._filled < self._window else 1 + (self._filled - self._window) // self._hop
+
+    def push(self, chunk: np.ndarray) -> None:
+        """Buffer ``chunk`` (float32 samples); computes nothing."""
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        end = self._filled + chunk.size
+        if end > self._buffer.size:
+            grown = np.zeros(max(end, 2 * self._buffer.size), np.float32)
+            grown[: self._filled] = self._buffer[: self._filled]
+            self._buffer = grown
+        self._buffer[self._filled : end] = chunk
+        self._filled = end
+
+    def take(self) -> np.ndarray:
+        """Every frame the buffered audio completes, ``(frames, n_mfcc)``; their audio leaves the buffer."""
+        count = self.available_frames
+        if count == 0:
+            return np.zeros((0, self.settings.n_mfcc), np.float32)
+        frames = self._mfcc.compute(self._buffer[: self._filled])
+        consumed = count * self._hop
+        left = self._filled - consumed
+        self._buffer[:left] = self._buffer[consumed : self._filled]
+        self._filled = left
         return frames
 
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """``push`` then ``take``."""
+        self.push(chunk)
+        return self.take()
+
     def reset(self) -> None:
-        self._pending = np.zeros(0, np.float32)
+        self._filled = 0
 
     def close(self) -> None:
         self.reset()

@@ -107,22 +107,40 @@ class Classifier:
         self._out_scale, self._out_zero = self._output["quantization"]
         self._in_dtype = self._input["dtype"]
         self._out_dtype = self._output["dtype"]
+        shape = tuple(int(d) for d in self._input["shape"])
+        self._scratch = np.zeros(shape, np.float32)  # predict's working buffers: no allocation per inference
+        self._tensor = np.zeros(shape, self._in_dtype)
+        self._quantized = self._in_dtype in (np.int8, np.uint8)
+        if self._quantized:
+            info = np.iinfo(self._in_dtype)
+            self._in_range = (np.float32(info.min), np.float32(info.max))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self._input["shape"])
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
-        if self._in_dtype in (np.int8, np.uint8):
-            info = np.iinfo(self._in_dtype)
-            q = np.round(features / self._in_scale + self._in_zero)
-            return np.clip(q, info.min, info.max).astype(self._in_dtype)
-        return features.astype(self._in_dtype)
+        """One window of features as the model's input tensor (int8: ``round(x / scale + zero)``, clipped)."""
+        self._fill_input(features)
+        return self._tensor.copy()
+
+    def _fill_input(self, features: np.ndarray) -> None:
+        """``quantize`` into the input buffer, computed in float32 in buffers made once."""
+        scratch = self._scratch
+        if self._quantized:
+            np.divide(features, np.float32(self._in_scale), out=scratch.reshape(np.shape(features)),
+                      casting="unsafe")
+            np.add(scratch, np.float32(self._in_zero), out=scratch)
+            np.rint(scratch, out=scratch)
+            np.clip(scratch, *self._in_range, out=scratch)
+            self._tensor[...] = scratch
+        else:
+            self._tensor.reshape(np.shape(features))[...] = features
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """``features`` shaped like one window (frames x coefficients) -> probabilities, float32."""
-        tensor = self.quantize(np.asarray(features, np.float32)).reshape(self.input_shape)
-        self._interpreter.set_tensor(self._input["index"], tensor)
+        self._fill_input(features)
+        self._interpreter.set_tensor(self._input["index"], self._tensor)
         self._interpreter.invoke()
         out = self._interpreter.get_tensor(self._output["index"])[0]
         if self._out_dtype in (np.int8, np.uint8):

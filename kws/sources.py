@@ -232,10 +232,11 @@ class MicrophoneSource:
             self._stream = None
 
 
-def open_source(spec: str | None, sample_rate_hz: int, device: str | None = None):
-    """``--input``: None = microphone, ``-`` = raw PCM on stdin, else an audio file."""
+def open_source(spec: str | None, sample_rate_hz: int, device: str | None = None, block_ms: float = 20.0):
+    """``--input``: None = microphone (delivering blocks of ``block_ms``), ``-`` = raw PCM on stdin, else an
+    audio file."""
     if spec is None:
-        return MicrophoneSource(device, sample_rate_hz)
+        return MicrophoneSource(device, sample_rate_hz, block_ms=block_ms)
     if spec == "-":
         return RawPcmSource(None, sample_rate_hz)
     return FileSource(spec, sample_rate_hz)

@@ -48,7 +48,12 @@ class ModelHead:
         if abs(self.stride_frames * hop_ms - settings.stride_ms) > 1e-6:
             _LOGGER.info("stride %.1f ms rounded to %d feature hops (%.1f ms)", settings.stride_ms,
                          self.stride_frames, self.stride_frames * hop_ms)
-        self._window = np.zeros((bundle.window_frames, bundle.features.n_mfcc), np.float32)
+        # The window is the last ``window_frames`` rows before ``_end`` of a longer buffer:
+        # new frames are written after it, and it is moved back to the start only when the
+        # buffer is full, so a frame costs no shift of the whole window.
+        window = bundle.window_frames
+        self._frames = np.zeros((2 * window + self.stride_frames, bundle.features.n_mfcc), np.float32)
+        self._end = window
         self._frames_seen = 0
         self._since_inference = 0
         self.last_probabilities: np.ndarray | None = None
@@ -63,7 +68,8 @@ class ModelHead:
 
     def reset(self) -> None:
         self.detector.reset()
-        self._window[:] = 0
+        self._frames[:] = 0
+        self._end = self.bundle.window_frames
         self._frames_seen = 0
         self._since_inference = 0
 
@@ -71,17 +77,28 @@ class ModelHead:
         f = self.bundle.features
         return f.samples_for(self._frames_seen) / f.sample_rate_hz
 
+    @property
+    def frames_until_inference(self) -> int:
+        """New frames this head needs before its next inference (at least 1)."""
+        return max(1, self.bundle.window_frames - self._frames_seen, self.stride_frames - self._since_inference)
+
     def feed_frames(self, frames: np.ndarray) -> list[Detection]:
         detections = []
         window = self.bundle.window_frames
-        for frame in frames:
-            self._window[:-1] = self._window[1:]
-            self._window[-1] = frame
-            self._frames_seen += 1
-            self._since_inference += 1
+        done = 0
+        while done < len(frames):
+            count = min(len(frames) - done, self.frames_until_inference)
+            if self._end + count > len(self._frames):
+                self._frames[:window] = self._frames[self._end - window : self._end]
+                self._end = window
+            self._frames[self._end : self._end + count] = frames[done : done + count]
+            self._end += count
+            done += count
+            self._frames_seen += count
+            self._since_inference += count
             if self._frames_seen >= window and self._since_inference >= self.stride_frames:
                 self._since_inference = 0
-                self.last_probabilities = self.classifier.predict(self._window)
+                self.last_probabilities = self.classifier.predict(self._frames[self._end - window : self._end])
                 detection = self.detector.process(self.last_probabilities, self._frame_end_s())
                 if detection is not None:
                     _LOGGER.debug("%s detected %s %.3f at %.2f s", self.name, detection.keyword, detection.score,
@@ -91,7 +108,8 @@ class ModelHead:
 
 
 class FrontEnd:
-    """One streaming MFCC for every head that shares these feature settings; each frame is computed once."""
+    """One streaming MFCC for every head that shares these feature settings; each frame is computed once,
+    when the first of the heads needs it for an inference."""
 
     def __init__(self, settings: FeatureSettings, heads: Sequence[ModelHead]):
         self.settings = settings
@@ -101,7 +119,11 @@ class FrontEnd:
         """Feature frames computed since the start (or ``reset``)."""
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
-        frames = self.stream.feed(audio)
+        """Buffer ``audio``; the frames are computed (all at once) only when a head has an inference due."""
+        self.stream.push(audio)
+        if self.stream.available_frames < min(head.frames_until_inference for head in self.heads):
+            return []
+        frames = self.stream.take()
         self.frames_computed += len(frames)
         return [d for head in self.heads for d in head.feed_frames(frames)]
 
@@ -147,6 +169,12 @@ class MultiSpotter:
     @property
     def sample_rate_hz(self) -> int:
         return self.heads[0].bundle.features.sample_rate_hz
+
+    @property
+    def block_ms(self) -> float:
+        """Audio block size that costs no latency: the shortest inference stride (features are computed and
+        models run only at inference points, so smaller blocks only add wake-ups)."""
+        return 1000 * min(head.stride_s for head in self.heads)
 
     @property
     def window_s(self) -> float:

@@ -70,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--base", help="transfer base (default: models/kws12-run; 'none' = from scratch)")
     parser.add_argument("--target-fa-per-hour", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, help="cache of decoded Speech Commands clips")
+    parser.add_argument("--config", type=Path, help="TOML with [custom], [train], [augment] (as kws-train custom)")
     return parser.parse_args(argv)
 
 
@@ -100,7 +101,8 @@ def custom_settings(args: argparse.Namespace, run_dir: Path, samples: Path, word
             "--target-fa-per-hour", str(args.target_fa_per_hour), "--out", str(run_dir / "models")]
     for option, value in (("--speech-commands", args.speech_commands), ("--epochs", args.epochs),
                           ("--clips-per-class", args.clips_per_class), ("--base", args.base),
-                          ("--cache", args.cache), ("--hard-negative-epochs", args.hard_negative_epochs)):
+                          ("--cache", args.cache), ("--hard-negative-epochs", args.hard_negative_epochs),
+                          ("--config", args.config)):
         if value is not None:
             argv += [option, str(value)]
     if args.negatives:

@@ -32,7 +32,8 @@ def test_running_the_runtime_loads_neither_tensorflow_nor_librosa():
 
 
 def test_importing_kws_is_cheap():
-    code = "import sys, kws, kws.cli, kws.features, kws.bundle, kws.detector; print(sorted(m for m in sys.modules if m.startswith(('sounddevice', 'ai_edge', 'tflite', 'scipy', 'librosa'))))"
+    code = ("import sys, kws, kws.cli, kws.features, kws.bundle, kws.detector, kws.sources, kws.resample, kws.spotter, "
+            "kws.daemon; print(sorted(m for m in sys.modules if m.startswith(('sounddevice', 'ai_edge', 'tflite', 'scipy', 'librosa'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "[]"

@@ -155,6 +155,9 @@ def test_model_keyword_hooks_run_for_that_model_only(stream, models, tmp_path):
         return json.dumps([PY, "-c", APPEND_HOOK, str(out), tag])
 
     config = write_config(tmp_path / "kws.toml", f"""
+[hooks]
+max_parallel = 16  # the file is read faster than real time: all 7 hooks start at once
+
 [hooks.commands]
 "kws12b/stop" = {hook("b-stop")}
 go = {hook("go")}

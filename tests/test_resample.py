@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kws.resample import StreamingResampler
+from kws.resample import StreamingResampler, lowpass_taps
+
+
+@pytest.mark.parametrize("length, cutoff", [(72, 0.95 / 3), (3840, 0.95 / 160), (31, 0.3)])
+def test_lowpass_taps_are_scipys_firwin(length, cutoff):
+    signal = pytest.importorskip("scipy.signal")
+    expected = signal.firwin(length, cutoff, window=("kaiser", 8.0))
+    assert np.allclose(lowpass_taps(length, cutoff), expected, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("rate", [48000, 44100, 22050, 8000])

@@ -224,6 +224,11 @@ class MfccStream:
         return self._mfcc.settings
 
     @property
+    def buffered_samples(self) -> int:
+        """Samples pushed and not yet consumed by ``take``."""
+        return self._filled
+
+    @property
     def available_frames(self) -> int:
         """Frames that ``take`` would return now."""
         return 0 if self._filled < self._window else 1 + (self._filled - self._window) // self._hop
@@ -244,7 +249,10 @@ class MfccStream:
         count = self.available_frames
         if count == 0:
             return np.zeros((0, self.settings.n_mfcc), np.float32)
-        frames = self._mfcc.compute(self._buffer[: self._filled])
+        audio = self._buffer[: self._filled]
+        if not np.isfinite(audio).all():  # a broken driver or a wrong sample format: never compute on NaN
+            np.nan_to_num(audio, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+        frames = self._mfcc.compute(audio)
         consumed = count * self._hop
         left = self._filled - consumed
         self._buffer[:left] = self._buffer[consumed : self._filled]

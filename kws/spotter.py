@@ -117,21 +117,31 @@ class FrontEnd:
         self.stream = Mfcc(settings).stream()
         self.frames_computed = 0
         """Feature frames computed since the start (or ``reset``)."""
+        self._due_samples = 0
+        self._plan()
+
+    def _plan(self) -> None:
+        """Buffered samples at which the first head has an inference due."""
+        frames = min(head.frames_until_inference for head in self.heads) + self.stream.available_frames
+        self._due_samples = self.settings.samples_for(frames)
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
         """Buffer ``audio``; the frames are computed (all at once) only when a head has an inference due."""
         self.stream.push(audio)
-        if self.stream.available_frames < min(head.frames_until_inference for head in self.heads):
+        if self.stream.buffered_samples < self._due_samples:
             return []
         frames = self.stream.take()
         self.frames_computed += len(frames)
-        return [d for head in self.heads for d in head.feed_frames(frames)]
+        detections = [d for head in self.heads for d in head.feed_frames(frames)]
+        self._plan()
+        return detections
 
     def reset(self) -> None:
         self.stream.reset()
         self.frames_computed = 0
         for head in self.heads:
             head.reset()
+        self._plan()
 
     def close(self) -> None:
         self.stream.close()
@@ -190,9 +200,6 @@ class MultiSpotter:
             front_end.close()
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
-        audio = np.asarray(audio, np.float32)
-        if not np.isfinite(audio).all():  # a broken driver or wrong sample format; never feed NaN on
-            audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
         detections = [d for front_end in self.front_ends for d in front_end.feed(audio)]
         if len(self.heads) > 1:
             detections.sort(key=lambda d: d.offset_s)  # stable: equal offsets keep the models' order

@@ -67,3 +67,20 @@ def test_block_size_is_the_stride(audio):
     bundle = load_bundle(None)
     spotter = KeywordSpotter(bundle, detector_settings_for(bundle, stride_ms=100))
     assert spotter.block_ms == pytest.approx(100)
+
+
+def test_non_finite_samples_count_as_silence(audio):
+    """A broken driver's NaN or inf samples are taken as zeros (before: as the same), never passed on."""
+    bundle = load_bundle(None)
+    broken, zeroed = audio.copy(), audio.copy()
+    broken[16000:16400] = np.nan
+    broken[40000:40010] = np.inf
+    zeroed[16000:16400] = 0
+    zeroed[40000:40010] = 1
+    results = []
+    for clip in (broken, zeroed):
+        spotter = KeywordSpotter(bundle, detector_settings_for(bundle))
+        found = [d for i in range(0, clip.size, 320) for d in spotter.feed(clip[i : i + 320])]
+        assert np.isfinite(spotter.last_probabilities).all()
+        results.append([(d.keyword, d.offset_s, d.score) for d in found])
+    assert results[0] == results[1] and results[0]

@@ -261,6 +261,39 @@ def test_mining_keeps_one_window_per_peak_the_highest_first(tmp_path):
     assert none.shape == (0, rate)
 
 
+def test_mining_takes_audio_arrays_beside_files(tmp_path):
+    from kws.audio_file import wav_bytes
+
+    rate = 16000
+    rng = np.random.default_rng(1)
+    quiet = rng.normal(0, 0.01, 4 * rate).astype(np.float32)
+    loud = quiet.copy()
+    loud[rate : rate + rate // 2] += 0.5 * np.sin(2 * np.pi * 300 * np.arange(rate // 2) / rate).astype(np.float32)
+    path = tmp_path / "quiet.wav"
+    path.write_bytes(wav_bytes(quiet, rate))
+    windows, where = custom.mine_hard_negatives(EnergyModel(), [path, loud], rate, FeatureSettings(), 2,
+                                                limit=1, min_score=0.3)
+    assert where[0]["file"] == "pseudo-speech 1" and 0.5 - 0.01 <= where[0]["start_s"] <= 1.0
+    assert np.abs(windows[0]).max() > 0.4 * 32767
+
+
+def test_pseudo_speech_strings_words_together_without_their_pauses(shared_data):
+    rate = 16000
+    rng = np.random.default_rng(0)
+    clips, _ = custom.speech_commands_clips(shared_data / "speech_commands", "computer", 40, rng)
+    from training import data
+
+    words = data.decode_clips([c.path for c in clips[:40]])
+    parts = [custom.speech_part(w.astype(np.float32) / 32768, rate) for w in words]
+    sizes = [p.size for p in parts]
+    assert min(sizes) >= 0.1 * rate and np.median(sizes) < 0.85 * words.shape[1], sizes  # noisy clips stay whole
+    streams = custom.pseudo_speech(words, 20.0, np.random.default_rng(0), rate, stream_s=8.0)
+    lengths = [s.size / rate for s in streams]
+    assert 20.0 <= sum(lengths) < 21.5 and all(l < 9.5 for l in lengths) and len(streams) == 3, lengths
+    assert sum(lengths) < 0.8 * len(words)  # the words' pauses are gone: far less than 40 one-second clips
+    assert custom.pseudo_speech(words[:0], 20.0, rng, rate) == []
+
+
 def test_clip_window_keeps_the_recordings_own_background(tmp_path):
     """The positive's window is cut from the file around its speech, not padded with digital zeros."""
     from kws.record import check_take

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
 import math
@@ -122,6 +123,9 @@ class CustomSettings:
     """At most this many mined windows (the highest-scoring, one per peak)."""
     hard_negative_min_score: float = 0.05
     """Only windows whose word probability reaches this are mined."""
+    pseudo_speech_s: float = 0.0
+    """Also mine this much pseudo-running speech: Speech Commands words (not the word) strung together without
+    pauses, thousands of voices and word junctions the long-form speech lacks; 0 = none (needs speech_commands)."""
     target_fa_per_hour: float = 0.5
     """Calibration target: false accepts per hour on the held-out negatives."""
     snrs_db: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
@@ -746,10 +750,44 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
 # --- hard negatives -----------------------------------------------------------------------------------------
 
 
-def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: FeatureSettings, keyword: int,
+def speech_part(clip: np.ndarray, sample_rate_hz: int, range_db: float = 30.0, margin_s: float = 0.05) -> np.ndarray:
+    """``clip`` cut to its speech: the 20 ms frames within ``range_db`` of its loudest, with ``margin_s`` around."""
+    hop = sample_rate_hz // 50
+    frames = clip[: clip.size // hop * hop].reshape(-1, hop).astype(np.float64)
+    if not len(frames):
+        return clip
+    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(energy >= energy.max() - range_db)
+    margin = int(margin_s * sample_rate_hz)
+    return clip[max(0, loud[0] * hop - margin) : min(clip.size, (loud[-1] + 1) * hop + margin)]
+
+
+def pseudo_speech(clips: np.ndarray, seconds: float, rng: np.random.Generator, sample_rate_hz: int,
+                  stream_s: float = 30.0) -> list[np.ndarray]:
+    """Float streams of about ``stream_s`` of ``clips`` (int16 words) cut to their speech and strung together in a
+    random order without pauses, ``seconds`` in all."""
+    streams, stream, length = [], [], 0
+    total = 0
+    for i in itertools.cycle(rng.permutation(len(clips))) if len(clips) else ():
+        if total >= seconds * sample_rate_hz:
+            break
+        part = speech_part(clips[i].astype(np.float32) / 32768, sample_rate_hz)
+        stream.append(part)
+        length += part.size
+        total += part.size
+        if length >= stream_s * sample_rate_hz:
+            streams.append(np.concatenate(stream))
+            stream, length = [], 0
+    if stream:
+        streams.append(np.concatenate(stream))
+    return streams
+
+
+def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int, features: FeatureSettings, keyword: int,
                         limit: int, min_score: float, stride_s: float = 0.2,
                         batch_windows: int = 8192) -> tuple[np.ndarray, list[dict]]:
-    """The windows of ``files`` that ``model`` scores highest for class ``keyword``: int16 ``(n, samples)``.
+    """The windows of ``files`` (paths, or float audio) that ``model`` scores highest for class ``keyword``: int16
+    ``(n, samples)``.
 
     Each file is cut into windows every ``stride_s`` (features computed once per file,
     scored in batches of about ``batch_windows`` over files); of each run of windows
@@ -782,10 +820,13 @@ def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: Fe
             found.extend((score, index, int(starts[i]) * hop) for score, i in peaks)
         pending.clear()
 
+    def load(source) -> np.ndarray:
+        return source if isinstance(source, np.ndarray) else read_audio(source, features.sample_rate_hz)
+
     waiting = 0  # windows in pending
     for index, path in enumerate(files):
         try:
-            audio = read_audio(path, features.sample_rate_hz)
+            audio = load(path)
         except AudioError as error:
             _LOGGER.warning("skipped negative %s: %s", path, error)
             continue
@@ -804,9 +845,10 @@ def mine_hard_negatives(model, files: Sequence[Path], samples: int, features: Fe
     found = found[:limit]
     windows = []
     for _, index, start in found:  # read again: only the files with a mined window
-        cut = read_audio(files[index], features.sample_rate_hz)[start : start + samples]
+        cut = load(files[index])[start : start + samples]
         windows.append(_to_int16(np.pad(cut, (0, samples - cut.size))))
-    where = [{"file": str(files[i]), "start_s": round(start / features.sample_rate_hz, 2), "score": round(score, 3)}
+    where = [{"file": f"pseudo-speech {i}" if isinstance(files[i], np.ndarray) else str(files[i]),
+              "start_s": round(start / features.sample_rate_hz, 2), "score": round(score, 3)}
              for score, i, start in found]
     out = np.stack(windows) if windows else np.zeros((0, samples), np.int16)
     return out, where
@@ -968,6 +1010,15 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     from training.train import train
 
     samples = corpus.audio.shape[1]
+    if settings.pseudo_speech_s > 0 and settings.speech_commands is not None:
+        with timer.stage("pseudo speech"):
+            rng = np.random.default_rng([settings.seed, 5])
+            clips, _ = speech_commands_clips(settings.speech_commands, settings.word, 10 ** 9, rng)
+            words = data.decode_clips([c.path for c in clips], settings.cache_dir)
+            streams = pseudo_speech(words, settings.pseudo_speech_s, rng, data.SAMPLE_RATE_HZ)
+        _LOGGER.info("mining also %d stream(s) of pseudo-speech (%.0f s) from %d Speech Commands words",
+                     len(streams), sum(a.size for a in streams) / data.SAMPLE_RATE_HZ, len(words))
+        files = [*files, *streams]
     with timer.stage("mine hard negatives"):
         windows, mined = mine_hard_negatives(model, files, samples, train_settings.features,
                                              corpus.labels.index(settings.word), settings.hard_negative_windows,

@@ -119,13 +119,9 @@ class Classifier:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self._input["shape"])
 
-    def quantize(self, features: np.ndarray) -> np.ndarray:
-        """One window of features as the model's input tensor (int8: ``round(x / scale + zero)``, clipped)."""
-        self._fill_input(features)
-        return self._tensor.copy()
-
     def _fill_input(self, features: np.ndarray) -> None:
-        """``quantize`` into the input buffer, computed in float32 in buffers made once."""
+        """One window of features into the input tensor's buffer (int8: ``round(x / scale + zero)``, clipped),
+        computed in float32 in buffers made once."""
         scratch = self._scratch
         if self._quantized:
             np.divide(features, np.float32(self._in_scale), out=scratch.reshape(np.shape(features)),

@@ -121,9 +121,9 @@ class FrontEnd:
         self._plan()
 
     def _plan(self) -> None:
-        """Buffered samples at which the first head has an inference due."""
-        frames = min(head.frames_until_inference for head in self.heads) + self.stream.available_frames
-        self._due_samples = self.settings.samples_for(frames)
+        """Buffered samples at which the first head has an inference due (called when the buffer holds no
+        whole frame: after ``take`` and at the start)."""
+        self._due_samples = self.settings.samples_for(min(head.frames_until_inference for head in self.heads))
 
     def feed(self, audio: np.ndarray) -> list[Detection]:
         """Buffer ``audio``; the frames are computed (all at once) only when a head has an inference due."""

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,7 @@ def measure_plain_alsa(stream: Stream, model: str | None, launches: int, out: Pa
     with tempfile.TemporaryDirectory(prefix="kws-bench-alsa-") as work_dir:
         work = Path(work_dir)
         raw = work / "stream.raw"
-        with __import__("wave").open(str(stream.wav)) as wav:
+        with wave.open(str(stream.wav)) as wav:
             raw.write_bytes(wav.readframes(wav.getnframes()))
         (work / "alsa.conf").write_text(text + "\n")
         (work / "mic.conf").write_text(

@@ -8,13 +8,12 @@ each keyword is; cached by spec.
 
 Every clip and utterance is brought to the same active speech level, with a bed of
 household noise 20 dB below it. Each keyword's entry has the clip's start and end and
-the start and end of its speech, estimated from its energy (the clips are 1 s with
-silence around the word).
+the start and end of its speech, as ``kws record`` finds it in a file (the clips are
+1 s with silence around the word).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -26,20 +25,18 @@ import numpy as np
 from bench_runtime_engines import SAMPLE_RATE_HZ, BenchError
 from kws.audio_file import read_audio, wav_bytes
 from kws.bundle import atomic_write
+from kws.errors import KwsError
+from kws.record import check_take
+from training.stream_eval import negative_files
 
 _LOGGER = logging.getLogger(__name__)
 
-STREAM_FORMAT = 2
+STREAM_FORMAT = 3
 """Bump when the recipe changes, so that cached streams are made again."""
 SPEECH_RMS = 0.05
 """Active level of every clip and utterance (about -26 dBFS)."""
 NOISE_RMS = 0.005
 """The household noise bed, 20 dB below the speech."""
-ACTIVE_DB = 25.0
-"""Speech: 10 ms frames within this many dB of the clip's loudest (and see ``_speech_frames``)."""
-FRAME_SAMPLES = 160  # 10 ms
-MAX_GAP_FRAMES = 15
-"""Speech: quieter frames bridged inside a word (150 ms)."""
 CPU_GAP_S = (1.0, 2.0)
 """cpu stream: silence (noise only) before each utterance and each keyword, uniform in this range."""
 HEARD_LATE_S = 1.5
@@ -108,45 +105,21 @@ class Stream:
     """live: where the click is."""
 
 
-def _frame_db(audio: np.ndarray) -> np.ndarray:
-    frames = audio[: audio.size // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES).astype(np.float64)
-    return 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-
-
-def _speech_frames(audio: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """(frame energies in dB, first and last frame of the speech).
-
-    Speech: the frames around the loudest one that are within ``ACTIVE_DB`` of it and
-    louder than halfway (in dB) between it and the clip's floor (its 10th percentile,
-    which matters in noisy recordings), bridging quieter gaps up to ``MAX_GAP_FRAMES``
-    (the closure before a final stop consonant).
-    """
-    db = _frame_db(audio)
-    peak = int(np.argmax(db))
-    threshold = max(db[peak] - ACTIVE_DB, (db[peak] + np.percentile(db, 10)) / 2)
-    bounds = []
-    for step, limit in ((-1, -1), (1, db.size)):
-        edge, quiet, index = peak, 0, peak + step
-        while index != limit and quiet <= MAX_GAP_FRAMES:
-            if db[index] >= threshold:
-                edge, quiet = index, 0
-            else:
-                quiet += 1
-            index += step
-        bounds.append(edge)
-    return db, bounds[0], bounds[1]
-
-
-def speech_bounds_s(audio: np.ndarray) -> tuple[float, float]:
-    """(start, end) of the speech in a clip, estimated from its energy (``_speech_frames``)."""
-    _, first, last = _speech_frames(audio)
-    return first * FRAME_SAMPLES / SAMPLE_RATE_HZ, (last + 1) * FRAME_SAMPLES / SAMPLE_RATE_HZ
+def speech_span(audio: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last sample of the speech in ``audio``: its loudest utterance, as ``kws record`` finds
+    it in a file (``check_take``: above the noise floor, short gaps bridged)."""
+    found = check_take(audio, whole_file=True)
+    if not found.voiced_s:
+        return 0, audio.size
+    half = found.voiced_s / 2
+    return (max(0, int(round((found.speech_centre_s - half) * SAMPLE_RATE_HZ))),
+            min(audio.size, int(round((found.speech_centre_s + half) * SAMPLE_RATE_HZ))))
 
 
 def at_speech_level(audio: np.ndarray) -> np.ndarray:
-    """``audio`` scaled so that its speech (``_speech_frames``) has RMS ``SPEECH_RMS``."""
-    db, first, last = _speech_frames(audio)
-    rms = float(np.sqrt(np.mean(10 ** (db[first : last + 1] / 10))))
+    """``audio`` scaled so that its speech (``speech_span``) has RMS ``SPEECH_RMS``."""
+    start, end = speech_span(audio)
+    rms = float(np.sqrt(np.mean(audio[start:end].astype(np.float64) ** 2)))
     return (audio * (SPEECH_RMS / max(rms, 1e-6))).astype(np.float32)
 
 
@@ -159,13 +132,11 @@ def keyword_clips(folder: Path, words: Sequence[str]) -> dict[str, list[Path]]:
 
 
 def keyword_free_utterances(folder: Path, words: Sequence[str]) -> list[Path]:
-    banned = {word.upper() for word in words}
-    with open(folder / "INDEX.csv", newline="") as index:
-        paths = [folder / row["path"] for row in csv.DictReader(index)
-                 if not banned & set(row["transcript"].upper().split())]
-    if not paths:
-        raise BenchError(f"{folder / 'INDEX.csv'}: no utterance free of the keywords")
-    return sorted(paths)
+    """The utterances of a LibriSpeech ``INDEX.csv`` folder whose transcripts hold none of ``words``."""
+    try:
+        return sorted(negative_files([folder], words).files)
+    except KwsError as error:
+        raise BenchError(str(error)) from None
 
 
 def noise_bed(folder: Path, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -220,12 +191,12 @@ class _Timeline:
         path = paths[used % len(paths)]
         self._used[word] = used + 1
         clip = at_speech_level(read_audio(path, SAMPLE_RATE_HZ))
-        speech_start_s, speech_end_s = speech_bounds_s(clip)
+        speech_start, speech_end = speech_span(clip)
         start_s = self.add(clip)
         self.keywords.append({"word": word, "clip": str(path.relative_to(self._root)), "start_s": round(start_s, 4),
                               "end_s": round(start_s + clip.size / SAMPLE_RATE_HZ, 4),
-                              "speech_start_s": round(start_s + speech_start_s, 4),
-                              "speech_end_s": round(start_s + speech_end_s, 4)})
+                              "speech_start_s": round(start_s + speech_start / SAMPLE_RATE_HZ, 4),
+                              "speech_end_s": round(start_s + speech_end / SAMPLE_RATE_HZ, 4)})
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.parts)

@@ -284,7 +284,9 @@ def test_pseudo_speech_strings_words_together_without_their_pauses(shared_data):
     from training import data
 
     words = data.decode_clips([c.path for c in clips[:40]])
-    parts = [custom.speech_part(w.astype(np.float32) / 32768, rate) for w in words]
+    from kws.record import check_take
+
+    parts = [check_take(w.astype(np.float32) / 32768, whole_file=True).trimmed for w in words]
     sizes = [p.size for p in parts]
     assert min(sizes) >= 0.1 * rate and np.median(sizes) < 0.85 * words.shape[1], sizes  # noisy clips stay whole
     streams = custom.pseudo_speech(words, 20.0, np.random.default_rng(0), rate, stream_s=8.0)

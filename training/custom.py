@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 import json
 import logging
 import math
@@ -750,34 +749,26 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
 # --- hard negatives -----------------------------------------------------------------------------------------
 
 
-def speech_part(clip: np.ndarray, sample_rate_hz: int, range_db: float = 30.0, margin_s: float = 0.05) -> np.ndarray:
-    """``clip`` cut to its speech: the 20 ms frames within ``range_db`` of its loudest, with ``margin_s`` around."""
-    hop = sample_rate_hz // 50
-    frames = clip[: clip.size // hop * hop].reshape(-1, hop).astype(np.float64)
-    if not len(frames):
-        return clip
-    energy = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
-    loud = np.flatnonzero(energy >= energy.max() - range_db)
-    margin = int(margin_s * sample_rate_hz)
-    return clip[max(0, loud[0] * hop - margin) : min(clip.size, (loud[-1] + 1) * hop + margin)]
-
-
 def pseudo_speech(clips: np.ndarray, seconds: float, rng: np.random.Generator, sample_rate_hz: int,
                   stream_s: float = 30.0) -> list[np.ndarray]:
-    """Float streams of about ``stream_s`` of ``clips`` (int16 words) cut to their speech and strung together in a
-    random order without pauses, ``seconds`` in all."""
-    streams, stream, length = [], [], 0
-    total = 0
-    for i in itertools.cycle(rng.permutation(len(clips))) if len(clips) else ():
-        if total >= seconds * sample_rate_hz:
-            break
-        part = speech_part(clips[i].astype(np.float32) / 32768, sample_rate_hz)
-        stream.append(part)
-        length += part.size
-        total += part.size
-        if length >= stream_s * sample_rate_hz:
-            streams.append(np.concatenate(stream))
-            stream, length = [], 0
+    """Float streams of about ``stream_s`` of ``clips`` (int16 words) cut to their speech (as ``kws record`` cuts a
+    file) and strung together in a random order without pauses, ``seconds`` in all."""
+    from kws.record import check_take
+
+    streams: list[np.ndarray] = []
+    stream: list[np.ndarray] = []
+    total = length = 0
+    while len(clips) and total < seconds * sample_rate_hz:
+        for i in rng.permutation(len(clips)):
+            part = check_take(clips[i].astype(np.float32) / 32768, whole_file=True).trimmed
+            stream.append(part)
+            length += part.size
+            total += part.size
+            if length >= stream_s * sample_rate_hz:
+                streams.append(np.concatenate(stream))
+                stream, length = [], 0
+            if total >= seconds * sample_rate_hz:
+                break
     if stream:
         streams.append(np.concatenate(stream))
     return streams

@@ -88,6 +88,11 @@ def test_negatives_from_an_index_leave_out_keyword_transcripts(inputs, evaluatio
     assert replayer.negatives.excluded == 1 and len(replayer.negatives.streams) == 3 + len(NOISE_FILES)
     expected_s = sum(float(r["duration_s"]) for r in inputs["free"]) + sum(sf.info(HOUSEHOLD / n).duration for n in NOISE_FILES)
     assert abs(replayer.hours * 3600 - expected_s) < 0.1
+    # the index's column counts only for the keywords asked about: a custom word keeps "on" and "up" utterances
+    spoken_word = inputs["spoken"][0]["keywords_in_transcript"].split()[0]
+    for keywords, kept in ((("computer",), 4), ((spoken_word,), 3), (("computer", spoken_word.upper()), 3)):
+        listing = se.negative_files([inputs["libri"]], keywords)
+        assert (len(listing.files), listing.excluded) == (kept, 4 - kept), keywords
     # a transcript that names a keyword of the bundle is left out even when the index's column is empty
     assert se.mentions("AND I SAID YES'M TO HIM", "yes") and not se.mentions("YESTERDAY", "yes")
     assert se.mentions("OK HEY JARVIS LIGHTS", "hey_jarvis") and not se.mentions("HEY THERE JARVIS", "hey_jarvis")

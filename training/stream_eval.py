@@ -12,7 +12,7 @@ step where no keyword reaches its threshold only re-arms the detector.
 Negatives: audio files, or folders searched recursively. A folder with an
 ``INDEX.csv`` (``path``, ``keywords_in_transcript``, ``transcript``, as in the
 LibriSpeech part here) gives only the utterances whose ``keywords_in_transcript``
-is empty and whose transcript holds no keyword of the bundle as a word. Each file
+names no keyword of the bundle and whose transcript holds none as a word. Each file
 is one stream followed by a window of silence, as ``kws detect`` feeds it; every
 detection there is a false accept. A file that cannot be decoded is logged,
 listed in ``skipped`` and left out: the hours count only the audio heard.
@@ -261,7 +261,13 @@ def _audio_in(folder: Path) -> list[Path]:
 
 
 def _indexed(folder: Path, keywords: Sequence[str]) -> tuple[list[Path], int]:
-    """Files of an ``INDEX.csv`` folder whose transcripts hold no keyword; and how many were left out."""
+    """Files of an ``INDEX.csv`` folder whose transcripts hold none of ``keywords``; and how many were left out.
+
+    The index's ``keywords_in_transcript`` names the keywords of the default model each
+    transcript holds (``on up``); only the ones among ``keywords`` count, so a custom word's
+    negatives keep the utterances that merely say "on" or "up".
+    """
+    wanted = {k.lower() for k in keywords}
     index = folder / INDEX_NAME
     try:
         with index.open(newline="", encoding="utf-8") as handle:
@@ -272,9 +278,9 @@ def _indexed(folder: Path, keywords: Sequence[str]) -> tuple[list[Path], int]:
         raise KwsError(f"{index} has no 'path' column: give the audio files instead, or fix the index")
     files, excluded = [], 0
     for row in rows:
-        listed = (row.get("keywords_in_transcript") or "").strip()
+        listed = set((row.get("keywords_in_transcript") or "").lower().split())
         transcript = row.get("transcript") or ""
-        if listed or any(mentions(transcript, k) for k in keywords):
+        if listed & wanted or any(mentions(transcript, k) for k in keywords):
             excluded += 1
             continue
         files.append(folder / row["path"])

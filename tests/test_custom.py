@@ -162,7 +162,9 @@ def test_near_misses_are_rendered_with_espeak(trained):
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng): no near-miss clips to check")
     run, _, _ = trained
     settings = json.loads((run / "settings.json").read_text())
-    assert settings["near_miss_texts"] == custom.near_miss_texts("computer")
+    alikes = custom.find_sound_alikes("computer", settings["custom"]["sound_alikes"], None)
+    assert len(alikes) == 8 and "commuter" in alikes  # real words found by their phonemes
+    assert settings["near_miss_texts"] == custom.near_miss_texts("computer", sound_alikes=alikes)
     rendered = {p.parent.name for p in (run / "near_misses").glob("*/*.wav")}
     assert len(rendered) >= len(settings["near_miss_texts"]) - 2  # a rare rejection may cost a text
     assert settings["examples"]["near misses"] >= len(rendered)

@@ -35,6 +35,7 @@ import logging
 import math
 import platform
 import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,9 @@ class CustomSettings:
     training positives (0 = no repeats)."""
     near_miss_clips: int = 0
     """TTS clips per near-miss text, as ``_unknown_``."""
+    sound_alikes: int = 8
+    """Near-miss texts also take this many real words that sound like the word, found by their phonemes
+    (``training.phonetic``: espeak-ng, and wordfreq's 20,000 most frequent words when installed); 0 = none."""
     engines: tuple[str, ...] = ()
     """TTS engines for ``synth_clips`` and ``near_miss_clips``; () = every installed one."""
     holdout: float = 0.2
@@ -146,8 +150,8 @@ class CustomSettings:
             raise ConfigError(f"real_share {self.real_share:g}: give a share in [0, 1)")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
-        if self.synth_clips < 0 or self.near_miss_clips < 0:
-            raise ConfigError("--synth and --near-misses must not be negative")
+        if self.synth_clips < 0 or self.near_miss_clips < 0 or self.sound_alikes < 0:
+            raise ConfigError("--synth, --near-misses and sound_alikes must not be negative")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
@@ -305,13 +309,16 @@ def _common_words(words: Sequence[str], count: int) -> list[str]:
     return out[:count]
 
 
-def near_miss_texts(word: str, max_texts: int = 16, max_common: int = 6) -> list[str]:
+def near_miss_texts(word: str, max_texts: int = 16, max_common: int = 6,
+                    sound_alikes: Sequence[str] = ()) -> list[str]:
     """Texts that sound like parts of ``word`` or like it, deterministic, never the word itself.
 
     For each written word of ``word`` (``hey_pi`` has two): its syllable prefixes and
     suffixes ("compu", "puter"), a middle syllable dropped, the first consonant swapped
-    ("gomputer"), a vowel altered; each word alone of a phrase; then common words that
-    share 3 or more letters at the start or end ("commuter", "water").
+    ("gomputer"), a vowel altered; each word alone of a phrase; then ``sound_alikes``
+    (real words found by their phonemes, "completed"), then common words that share 3
+    or more letters at the start or end ("commuter", "water"). ``max_texts`` counts
+    all but the sound-alikes.
     """
     words = [w for w in re.split(r"[\s_\-]+", word.lower()) if w]
     target = " ".join(words)
@@ -322,11 +329,28 @@ def near_miss_texts(word: str, max_texts: int = 16, max_common: int = 6) -> list
         variants += [" ".join(words[:i] + [v] + words[i + 1 :]) for v in _word_variants(part)]
     common = _common_words(words, max_common)
     texts, seen = [], {target, target.replace(" ", "")}
-    for text in variants[: max_texts - len(common)] + common:
+    alikes = [a for a in dict.fromkeys(sound_alikes) if a not in seen]
+    for text in variants[: max_texts - len(common)] + alikes + common:
         if len(text.replace(" ", "")) >= 2 and text not in seen:
             seen.add(text)
             texts.append(text)
-    return texts[:max_texts]
+    return texts[: max_texts + len(alikes)]
+
+
+def find_sound_alikes(word: str, count: int, cache_dir: Path | None) -> list[str]:
+    """``training.phonetic.sound_alikes`` of ``word``, logged; none (with one warning) without espeak-ng."""
+    from training import phonetic
+
+    if count <= 0:
+        return []
+    try:
+        found = phonetic.sound_alikes(word, count, cache_dir=cache_dir)
+    except (OSError, subprocess.SubprocessError) as error:
+        _LOGGER.warning("no sound-alike near misses: %s", error)
+        return []
+    _LOGGER.info("sound-alike near misses of %r (phoneme distance): %s", word,
+                 ", ".join(f"{a.word} {a.distance:.2f}" for a in found))
+    return [a.word for a in found]
 
 
 # --- choosing the window ------------------------------------------------------------------------------------
@@ -732,7 +756,8 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         if copies > 0:  # the user's voice, not the TTS voices, is what the model must learn
             add(np.tile(yours, (copies, 1)), keyword, "training", "positives (yours, repeated)")
     if settings.near_miss_clips:
-        parts.near_miss_texts = near_miss_texts(settings.word)
+        alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir)
+        parts.near_miss_texts = near_miss_texts(settings.word, sound_alikes=alikes)
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses")
 

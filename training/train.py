@@ -22,6 +22,9 @@ from training.timing import StageTimer
 _LOGGER = logging.getLogger(__name__)
 
 
+KEEP_CHOICES = ("best", "last")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that decides a trained model, besides the data."""
@@ -38,9 +41,16 @@ class TrainSettings:
     validation_silence: int = 300
     """Number of fixed ``_silence_`` examples in the validation split."""
     seed: int = 0
+    keep: str = "best"
+    """Which epoch's weights training returns: ``best`` (validation accuracy, the first epoch to reach its top)
+    or ``last`` (the end of the cosine schedule)."""
     features: FeatureSettings = field(default_factory=FeatureSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {self.keep!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -192,7 +202,7 @@ class FreshEpochs:
 
 def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTimer | None = None,
           target_dir: Path | None = None, teacher=None, maker: EpochMaker | None = None, prepare_model=None):
-    """Train, keep the checkpoint with the best validation accuracy; returns the Keras model.
+    """Train; returns the Keras model of the epoch ``settings.keep`` names (best validation accuracy, or the last).
 
     With ``settings.distill`` enabled, soft targets come from a ``TargetCache`` in
     ``target_dir`` (default ``run_dir/targets``); ``teacher`` overrides loading it by name.
@@ -261,15 +271,15 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
                    "accuracy": float(fit.history["accuracy"][-1]), "val_loss": val_loss, "val_accuracy": val_acc}
             history.append(row)
             marker = ""
-            if val_acc > best:
+            if val_acc > best if settings.keep == "best" else epoch + 1 == settings.epochs:
                 best = val_acc
                 with timer.stage("checkpoint"):
                     model.save(run_dir / "model.keras.tmp.keras")
                     os.replace(run_dir / "model.keras.tmp.keras", run_dir / "model.keras")
-                marker = "  (best, saved)"
+                marker = f"  ({settings.keep}, saved)"
             _LOGGER.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f%s", epoch + 1,
                          settings.epochs, row["loss"], row["accuracy"], val_loss, val_acc, marker)
             (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, run_dir / "curve.png")
-    _LOGGER.info("best validation accuracy %.4f", best)
+    _LOGGER.info("best validation accuracy %.4f", max(row["val_accuracy"] for row in history))
     return keras.models.load_model(run_dir / "model.keras")

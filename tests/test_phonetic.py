@@ -1,0 +1,55 @@
+"""Sound-alike near misses: phonemes from the real espeak-ng, a weighted edit distance, words ranked by it."""
+
+import logging
+import shutil
+
+import pytest
+
+from training import custom, phonetic
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+
+def test_phonemes_come_one_list_per_text():
+    found = phonetic.phonemes(["computer", "the former piece", "computer"])
+    assert len(found) == 3 and found[0] == found[2]
+    assert found[0][0] == "k" and "p" in found[0] and len(found[1]) > len(found[0])
+    assert not any("'" in t or "," in t for tokens in found for t in tokens)  # stress marks are not phonemes
+
+
+def test_distance_is_cheaper_for_similar_sounds():
+    computer, = phonetic.phonemes(["computer"])
+    assert phonetic.phoneme_distance(computer, computer) == 0
+    d = {w: phonetic.phoneme_distance(computer, p) for w, p in zip(
+        ("commuter", "completed", "banana", "computers"), phonetic.phonemes(["commuter", "completed", "banana",
+                                                                              "computers"]))}
+    assert d["commuter"] < d["banana"] and d["completed"] < d["banana"]
+    computers = phonetic.phonemes(["computers"])[0]
+    assert phonetic.phoneme_distance(computer, computers, inside=True) == 0 < d["computers"]
+    # a vowel for a vowel costs less than a vowel for a consonant
+    assert phonetic.phoneme_distance(["k", "a"], ["k", "E"]) < phonetic.phoneme_distance(["k", "a"], ["k", "s"])
+
+
+def test_sound_alikes_rank_real_words_and_leave_out_the_word_itself(tmp_path):
+    words = ["banana", "computers", "computer", "completed", "commuter", "window", "complete", "music", "compete"]
+    found = phonetic.sound_alikes("computer", 4, words=words, cache_dir=tmp_path)
+    names = [a.word for a in found]
+    assert "computer" not in names and "computers" not in names  # the word itself: the model should fire
+    assert names[:2] == ["commuter", "completed"] and "banana" not in names and "window" not in names
+    assert "complete" not in names  # forms of one word count once
+    assert {a.how for a in found} <= {"whole", "inside"} and all(a.distance > 0 for a in found)
+    assert list(tmp_path.glob("phonemes-*.json"))  # cached, and the cache gives the same answer
+    assert phonetic.sound_alikes("computer", 4, words=words, cache_dir=tmp_path) == found
+
+
+def test_near_miss_texts_take_the_sound_alikes():
+    texts = custom.near_miss_texts("computer", sound_alikes=["completed", "compu", "commute"])
+    assert {"completed", "commute"} <= set(texts) and texts.count("compu") == 1
+    assert texts[: 9] == custom.near_miss_texts("computer")[:9]  # the spelled variants come first, as before
+
+
+def test_without_espeak_there_are_no_sound_alikes_and_one_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="training.custom"):
+        assert custom.find_sound_alikes("computer", 8, None) == []
+    assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()

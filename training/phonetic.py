@@ -1,0 +1,182 @@
+"""Real words that sound like a wake word, found by their phonemes.
+
+Near misses made by spelling ("compu", "gomputer") miss the words that trip a
+model in real speech: "completed" and "commuter" for "computer", "Alexander"
+for "alexa". This module phonemizes a vocabulary with espeak-ng (the English
+words of ``wordfreq``, the most frequent first, when it is installed, else the
+curated list of ``training.custom``) and ranks the words by a weighted edit
+distance between phoneme strings, two ways:
+
+* ``whole``: the word against the wake word, end to end ("commuter", "completed");
+* ``inside``: the wake word against the closest stretch of a longer word
+  ("Alexander" holds something close to "alexa").
+
+Words that hold the wake word itself ("computers") are left out: the model
+should fire on them. Phonemes are cached per espeak-ng version and vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+from typing import Sequence
+
+from kws.bundle import atomic_write
+
+__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alikes", "vocabulary"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_VOICE = "en-us"
+_TIMEOUT_S = 120.0
+_VOWEL_START = re.compile(r"^[aeiouAEIOUV@03]")
+_REDUCED = {"@", "I", "i", "3", "a#"}
+_GROUPS = ({"p", "b", "t", "d", "k", "g", "tS", "dZ", "?"}, {"f", "v", "T", "D", "s", "z", "S", "Z", "h"},
+           {"m", "n", "N"}, {"l", "r", "w", "j"})
+_CONTAINS_WAKE_WORD = 0.07
+"""An ``inside`` distance under this share of the wake word's phonemes (less than one reduced vowel in eight):
+the word holds the wake word itself."""
+
+
+def _normalized(token: str) -> str:
+    token = token.lstrip("',=%")
+    if token == "a#":
+        return "@"
+    return token.rstrip("#2") or token
+
+
+def _tokens(line: str) -> list[str]:
+    return [t for t in (_normalized(t) for t in line.split()) if t and t not in ("_:", "_", "||", "|")]
+
+
+def phonemes(texts: Sequence[str], voice: str = _VOICE) -> list[list[str]]:
+    """espeak-ng's phonemes of each text (one call for all); raises OSError when espeak-ng is missing."""
+    if not texts:
+        return []
+    if shutil.which("espeak-ng") is None:
+        raise OSError("espeak-ng not found (apt-get install espeak-ng)")
+    lines = "\n".join(re.sub(r"[\n.]+", " ", t).strip() + "." for t in texts)
+    result = subprocess.run(["espeak-ng", "-q", "-x", "-v", voice, "--sep= "], input=lines, capture_output=True,
+                            text=True, timeout=_TIMEOUT_S)
+    out = [line for line in result.stdout.split("\n") if line.strip()]
+    if result.returncode != 0 or len(out) != len(texts):
+        raise OSError(f"espeak-ng gave {len(out)} phoneme line(s) for {len(texts)} text(s) "
+                      f"(exit {result.returncode}: {result.stderr.strip()[:200]})")
+    return [_tokens(line) for line in out]
+
+
+def _cost(a: str, b: str) -> float:
+    if a == b:
+        return 0.0
+    vowel_a, vowel_b = bool(_VOWEL_START.match(a)), bool(_VOWEL_START.match(b))
+    if vowel_a and vowel_b:
+        return 0.5
+    if vowel_a != vowel_b:
+        return 1.2
+    return 0.5 if any(a in g and b in g for g in _GROUPS) else 0.9
+
+
+def _gap(token: str) -> float:
+    return 0.5 if token in _REDUCED else 1.0
+
+
+def phoneme_distance(target: Sequence[str], candidate: Sequence[str], inside: bool = False) -> float:
+    """Weighted edit distance of ``target`` to ``candidate``; with ``inside``, to its closest stretch."""
+    previous = [0.0] * (len(candidate) + 1)
+    if not inside:
+        for j in range(1, len(candidate) + 1):
+            previous[j] = previous[j - 1] + _gap(candidate[j - 1])
+    for a in target:
+        current = [previous[0] + _gap(a)]
+        for j, b in enumerate(candidate, 1):
+            current.append(min(previous[j - 1] + _cost(a, b), previous[j] + _gap(a), current[j - 1] + _gap(b)))
+        previous = current
+    return min(previous) if inside else previous[-1]
+
+
+def vocabulary(size: int = 20000) -> tuple[list[str], str]:
+    """The ``size`` most frequent English words of ``wordfreq``, or the curated common words; and the source."""
+    try:
+        import wordfreq
+    except ImportError:
+        from training.custom import COMMON_WORDS
+
+        return list(COMMON_WORDS), "the curated common words (pip install wordfreq for 20,000)"
+    words = [w for w in wordfreq.top_n_list("en", size) if re.fullmatch(r"[a-z]+(?:'[a-z]+)?", w)]
+    return words, f"wordfreq {getattr(wordfreq, '__version__', '')}".strip()
+
+
+def _cached_phonemes(words: Sequence[str], cache_dir: Path | None) -> list[list[str]]:
+    if cache_dir is None:
+        return phonemes(words)
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
+    key = hashlib.sha256(json.dumps([version, _VOICE, list(words)]).encode()).hexdigest()[:16]
+    path = cache_dir / f"phonemes-{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    found = phonemes(words)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(found).encode())
+    return found
+
+
+@dataclass(frozen=True)
+class SoundAlike:
+    word: str
+    distance: float
+    """Edit distance over the wake word's phoneme count."""
+    how: str
+    """``whole`` or ``inside``."""
+
+
+def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
+                 cache_dir: Path | None = None, max_distance: float = 0.5) -> list[SoundAlike]:
+    """Up to ``count`` words of ``words`` (default ``vocabulary()``) that sound most like ``wake_word``.
+
+    ``whole`` and ``inside`` matches take turns, the closest first, none farther than
+    ``max_distance``; words holding the wake word, or spelled with it, are left out.
+    Raises OSError without espeak-ng.
+    """
+    text = " ".join(w for w in re.split(r"[\s_\-]+", wake_word.lower()) if w)
+    if words is None:
+        words, _ = vocabulary()
+    spelled = text.replace(" ", "")
+    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in text.split()]
+    target = phonemes([text])[0]
+    if not target or count <= 0:
+        return []
+    ranked: dict[str, list[tuple[float, str]]] = {"whole": [], "inside": []}
+    for word, sounds in zip(words, _cached_phonemes(words, cache_dir)):
+        if not sounds:
+            continue
+        inside = phoneme_distance(target, sounds, inside=True) / len(target)
+        if inside < _CONTAINS_WAKE_WORD:
+            continue
+        ranked["whole"].append((phoneme_distance(target, sounds) / len(target), word))
+        if len(sounds) > len(target):
+            ranked["inside"].append((inside, word))
+    for matches in ranked.values():
+        matches.sort()
+    chosen: dict[str, SoundAlike] = {}
+    for pair in zip_longest(ranked["whole"], ranked["inside"]):
+        for how, match in zip(("whole", "inside"), pair):
+            if match is None:
+                continue
+            distance, word = match
+            if len(chosen) < count and distance <= max_distance and not any(_related(word, c) for c in chosen):
+                chosen[word] = SoundAlike(word, round(distance, 3), how)
+    return list(chosen.values())
+
+
+def _related(a: str, b: str) -> bool:
+    """Forms of one word ("complete", "completely", "incomplete"): one holds the other, or 6 letters start both."""
+    return a in b or b in a or (len(a) >= 6 and len(b) >= 6 and a[:6] == b[:6])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     root, _ = tiny_data
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
-    args = ["custom", str(run), "--word", "computer", "--samples", str(inputs["samples"]),
+    config = out / "custom.toml"
+    config.write_text('[custom]\nsynth_speech_s = 20\n\n[train]\nkeep = "last"\n')
+    args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
             "--engines", "espeak-ng", "--hard-negative-epochs", "1", "--out", str(models)]
@@ -143,7 +146,8 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
 
     # the second round: windows of the training speakers' speech the first model took for the word
     mined = json.loads((run / "hard_negatives.json").read_text())
-    assert mined and all(m["file"] in split["negatives_training"] for m in mined)
+    assert mined and all(m["file"] in split["negatives_training"] or m["file"].startswith("synthetic speech: ")
+                         for m in mined)
     assert [m["score"] for m in mined] == sorted((m["score"] for m in mined), reverse=True)
     assert (run / "history_round1.json").is_file() and len(json.loads((run / "history.json").read_text())) == 1
     assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined)
@@ -151,6 +155,8 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     card = (run / "computer.md").read_text()
     assert "FRR" in card and "false accept" in card and "held-out" in card
     assert "time by stage" in result.stderr.decode()
+    assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
+    assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
 
     detected = run_kws("detect", "--model", str(models / "computer.json"), "--json",
                        split["positives_holdout"][0])
@@ -275,8 +281,11 @@ def test_mining_takes_audio_arrays_beside_files(tmp_path):
     path.write_bytes(wav_bytes(quiet, rate))
     windows, where = custom.mine_hard_negatives(EnergyModel(), [path, loud], rate, FeatureSettings(), 2,
                                                 limit=1, min_score=0.3)
-    assert where[0]["file"] == "pseudo-speech 1" and 0.5 - 0.01 <= where[0]["start_s"] <= 1.0
+    assert where[0]["file"] == "audio 1" and 0.5 - 0.01 <= where[0]["start_s"] <= 1.0
     assert np.abs(windows[0]).max() > 0.4 * 32767
+    _, named = custom.mine_hard_negatives(EnergyModel(), [path, loud], rate, FeatureSettings(), 2, limit=1,
+                                          min_score=0.3, names=["quiet", "a tone"])
+    assert named[0]["file"] == "a tone"
 
 
 def test_pseudo_speech_strings_words_together_without_their_pauses(shared_data):

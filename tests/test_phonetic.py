@@ -3,6 +3,7 @@
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from training import custom, phonetic
@@ -53,3 +54,14 @@ def test_without_espeak_there_are_no_sound_alikes_and_one_warning(monkeypatch, t
     with caplog.at_level(logging.WARNING, logger="training.custom"):
         assert custom.find_sound_alikes("computer", 8, None) == []
     assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()
+
+
+def test_word_salad_never_holds_the_word_and_mixes_in_the_sound_alikes():
+    texts = phonetic.word_salad("computer", 200, np.random.default_rng(1), ["commuter", "completed"])
+    words = [w for t in texts for w in t.split()]
+    assert len(texts) == 200 and all(8 <= len(t.split()) <= 24 for t in texts)
+    assert not any("computer" in w for w in words)
+    share = sum(w in ("commuter", "completed") for w in words) / len(words)
+    assert 0.02 < share < 0.07
+    assert words.count("the") > words.count("river")  # drawn by frequency
+    assert texts == phonetic.word_salad("computer", 200, np.random.default_rng(1), ["commuter", "completed"])

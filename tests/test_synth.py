@@ -86,3 +86,21 @@ def test_missing_engine_is_skipped_with_one_warning(tmp_path: Path, monkeypatch,
     flite_warnings = [r for r in caplog.records if "flite not found" in r.getMessage()]
     assert len(flite_warnings) == 1
     assert "apt-get install flite" in flite_warnings[0].getMessage()
+
+
+def test_running_speech_is_read_by_each_engine_in_turn_and_cached(tmp_path: Path, engines: tuple[str, ...]) -> None:
+    texts = [f"the {n} quiet rivers ran along the old stone wall" for n in ("two", "three", "four", "five")]
+    texts = texts[: max(2, len(engines))]
+    read = synth.render_speech(texts, tmp_path, engines, seed=4)
+    assert [text for text, _ in read] == texts
+    first = [audio for _, audio in read]
+    files = sorted(tmp_path.glob("*.wav"))
+    assert len(first) == len(texts) == len(files)
+    assert {f.name.split("_")[0] for f in files} == set(engines[: len(texts)])
+    for audio in first:
+        assert audio.dtype == np.float32 and audio.size > 1.5 * 16000  # a sentence, not a word
+        assert 0.19 < np.abs(audio).max() < 0.91  # a random level
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    again = synth.render_speech(texts, tmp_path, engines, seed=4)
+    assert {f: f.stat().st_mtime_ns for f in sorted(tmp_path.glob("*.wav"))} == stamps  # nothing rendered again
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(first, again))

@@ -61,6 +61,8 @@ WINDOW_MARGIN_S = 0.3
 """Added to the 90th percentile of the speech lengths when choosing the window."""
 SPEECH_MIN_RMS = 0.003
 """Windows of long-form speech quieter than this (pauses) are left out of ``_unknown_``."""
+SALAD_TEXT_S = 5.0
+"""About how long the TTS engines take to read one text of ``synth_speech_s`` (16 words)."""
 SHORT_FILE_WINDOWS = 2.5
 """Negative files shorter than this many windows are clips: every position counts."""
 DEFAULT_TRAIN = {"epochs": 30, "clips_per_class": 1000, "learning_rate": 0.001, "validation_silence": 100}
@@ -129,6 +131,9 @@ class CustomSettings:
     pseudo_speech_s: float = 0.0
     """Also mine this much pseudo-running speech: Speech Commands words (not the word) strung together without
     pauses, thousands of voices and word junctions the long-form speech lacks; 0 = none (needs speech_commands)."""
+    synth_speech_s: float = 0.0
+    """Also mine about this much synthetic running speech: frequent English words (and the sound-alikes) in a
+    random order, read by the installed TTS engines' voices; 0 = none."""
     target_fa_per_hour: float = 0.5
     """Calibration target: false accepts per hour on the held-out negatives."""
     snrs_db: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
@@ -150,8 +155,8 @@ class CustomSettings:
             raise ConfigError(f"real_share {self.real_share:g}: give a share in [0, 1)")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
-        if self.synth_clips < 0 or self.near_miss_clips < 0 or self.sound_alikes < 0:
-            raise ConfigError("--synth, --near-misses and sound_alikes must not be negative")
+        if self.synth_clips < 0 or self.near_miss_clips < 0 or self.sound_alikes < 0 or self.synth_speech_s < 0:
+            raise ConfigError("--synth, --near-misses, sound_alikes and synth_speech_s must not be negative")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
@@ -689,6 +694,7 @@ class CorpusParts:
 
     counts: dict = field(default_factory=dict)
     near_miss_texts: list = field(default_factory=list)
+    sound_alikes: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
 
@@ -756,8 +762,8 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         if copies > 0:  # the user's voice, not the TTS voices, is what the model must learn
             add(np.tile(yours, (copies, 1)), keyword, "training", "positives (yours, repeated)")
     if settings.near_miss_clips:
-        alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir)
-        parts.near_miss_texts = near_miss_texts(settings.word, sound_alikes=alikes)
+        parts.sound_alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir)
+        parts.near_miss_texts = near_miss_texts(settings.word, sound_alikes=parts.sound_alikes)
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses")
 
@@ -800,15 +806,16 @@ def pseudo_speech(clips: np.ndarray, seconds: float, rng: np.random.Generator, s
 
 
 def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int, features: FeatureSettings, keyword: int,
-                        limit: int, min_score: float, stride_s: float = 0.2,
-                        batch_windows: int = 8192) -> tuple[np.ndarray, list[dict]]:
+                        limit: int, min_score: float, stride_s: float = 0.2, batch_windows: int = 8192,
+                        names: Sequence[str] = ()) -> tuple[np.ndarray, list[dict]]:
     """The windows of ``files`` (paths, or float audio) that ``model`` scores highest for class ``keyword``: int16
     ``(n, samples)``.
 
     Each file is cut into windows every ``stride_s`` (features computed once per file,
     scored in batches of about ``batch_windows`` over files); of each run of windows
     above ``min_score`` only the highest is kept, then the ``limit`` highest over all
-    files. Also returns where each came from.
+    files. Also returns where each came from (``names``, one per file, name them; else the
+    path, or ``audio N`` for an array).
     """
     from kws.features import Mfcc
 
@@ -863,7 +870,7 @@ def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int,
     for _, index, start in found:  # read again: only the files with a mined window
         cut = load(files[index])[start : start + samples]
         windows.append(_to_int16(np.pad(cut, (0, samples - cut.size))))
-    where = [{"file": f"pseudo-speech {i}" if isinstance(files[i], np.ndarray) else str(files[i]),
+    where = [{"file": names[i] if names else f"audio {i}" if isinstance(files[i], np.ndarray) else str(files[i]),
               "start_s": round(start / features.sample_rate_hz, 2), "score": round(score, 3)}
              for score, i, start in found]
     out = np.stack(windows) if windows else np.zeros((0, samples), np.int16)
@@ -981,7 +988,7 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     mining_files = list(inputs.negatives_training) + list(inputs.room_files)
     if settings.hard_negative_epochs and settings.hard_negative_windows and mining_files:
         model, corpus, maker, mined = hard_negative_round(model, corpus, settings, train_settings, inputs,
-                                                          mining_files, run_dir, timer)
+                                                          mining_files, run_dir, timer, parts.sound_alikes)
         parts.counts["hard negatives (mined)"] = len(mined)
     train_s = time.perf_counter() - train_started
 
@@ -1016,8 +1023,12 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
 
 
 def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
-                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer):
+                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer,
+                        sound_alikes: Sequence[str] = ()):
     """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
+
+    Beside ``files``, the miner reads the pseudo-speech (``pseudo_speech_s``) and the
+    synthetic running speech (``synth_speech_s``, with ``sound_alikes`` among its words).
 
     The second round starts from all of ``model``'s weights (the first convolution still
     fixed when ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``;
@@ -1026,6 +1037,7 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     from training.train import train
 
     samples = corpus.audio.shape[1]
+    names = [str(f) for f in files]
     if settings.pseudo_speech_s > 0 and settings.speech_commands is not None:
         with timer.stage("pseudo speech"):
             rng = np.random.default_rng([settings.seed, 5])
@@ -1035,10 +1047,24 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
         _LOGGER.info("mining also %d stream(s) of pseudo-speech (%.0f s) from %d Speech Commands words",
                      len(streams), sum(a.size for a in streams) / data.SAMPLE_RATE_HZ, len(words))
         files = [*files, *streams]
+        names += [f"pseudo-speech {i}" for i in range(len(streams))]
+    if settings.synth_speech_s > 0:
+        from training.phonetic import word_salad
+        from training.synth import ENGINE_NAMES, render_speech
+
+        with timer.stage("synthesize (running speech)"):
+            rng = np.random.default_rng([settings.seed, 6])
+            texts = word_salad(settings.word, math.ceil(settings.synth_speech_s / SALAD_TEXT_S), rng, sound_alikes)
+            cache = (settings.cache_dir or run_dir) / "synth_speech"
+            read = render_speech(texts, cache, settings.engines or ENGINE_NAMES, settings.seed, data.SAMPLE_RATE_HZ)
+        _LOGGER.info("mining also %d synthetic sentence(s) (%.0f s)", len(read),
+                     sum(a.size for _, a in read) / data.SAMPLE_RATE_HZ)
+        files = [*files, *(audio for _, audio in read)]
+        names += [f"synthetic speech: {text}" for text, _ in read]
     with timer.stage("mine hard negatives"):
         windows, mined = mine_hard_negatives(model, files, samples, train_settings.features,
                                              corpus.labels.index(settings.word), settings.hard_negative_windows,
-                                             settings.hard_negative_min_score)
+                                             settings.hard_negative_min_score, names=names)
     atomic_write(run_dir / "hard_negatives.json", (json.dumps(mined, indent=1) + "\n").encode())
     _LOGGER.info("mined %d hard negative window(s) from %d file(s) (scores %s); training %d more epochs",
                  len(mined), len(files), f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",

@@ -28,9 +28,11 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from kws.bundle import atomic_write
 
-__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alikes", "vocabulary"]
+__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alikes", "vocabulary", "word_salad"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +113,33 @@ def vocabulary(size: int = 20000) -> tuple[list[str], str]:
         return list(COMMON_WORDS), "the curated common words (pip install wordfreq for 20,000)"
     words = [w for w in wordfreq.top_n_list("en", size) if re.fullmatch(r"[a-z]+(?:'[a-z]+)?", w)]
     return words, f"wordfreq {getattr(wordfreq, '__version__', '')}".strip()
+
+
+def word_salad(wake_word: str, count: int, rng: np.random.Generator, sound_alikes: Sequence[str] = (),
+               words_per_text: tuple[int, int] = (8, 24), alike_share: float = 0.04) -> list[str]:
+    """``count`` texts of words drawn by their frequency in English (``vocabulary``), never the wake word or a
+    word spelled with it; about ``alike_share`` of the words are ``sound_alikes``, so near misses come inside
+    running speech. Without wordfreq the words are drawn evenly from the curated list."""
+    spelled = "".join(w for w in re.split(r"[\s_\-]+", wake_word.lower()) if w)
+    words, _ = vocabulary()
+    words = [w for w in words if spelled not in w.replace("'", "")]
+    try:
+        import wordfreq
+
+        weights = np.array([wordfreq.word_frequency(w, "en") for w in words])
+    except ImportError:
+        weights = np.ones(len(words))
+    weights = weights / weights.sum()
+    alikes = [a for a in sound_alikes if spelled not in a]
+    texts = []
+    for _ in range(count):
+        n = int(rng.integers(words_per_text[0], words_per_text[1] + 1))
+        chosen = [words[i] for i in rng.choice(len(words), n, p=weights)]
+        if alikes:
+            for i in np.flatnonzero(rng.random(n) < alike_share):
+                chosen[i] = alikes[int(rng.integers(len(alikes)))]
+        texts.append(" ".join(chosen))
+    return texts
 
 
 def _cached_phonemes(words: Sequence[str], cache_dir: Path | None) -> list[list[str]]:

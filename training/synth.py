@@ -679,3 +679,64 @@ def _run_jobs(engine: _Engine, jobs: list[_Job], word_dir: Path, scratch_dir: Pa
         done.append(path)
         _LOGGER.debug("wrote %s", path)
     return done
+
+
+# ---------------------------------------------------------------------------
+# Running speech
+# ---------------------------------------------------------------------------
+
+
+def render_speech(texts: Sequence[str], out_dir: Path, engines: Sequence[str] = ENGINE_NAMES, seed: int = 0,
+                  sample_rate_hz: int = 16000, speed_range: tuple[float, float] = (0.85, 1.2),
+                  pitch_semitones_range: tuple[float, float] = (-3.0, 3.0)) -> list[tuple[str, np.ndarray]]:
+    """Each of ``texts`` read once: (text, float audio at ``sample_rate_hz`` with its silence cut).
+
+    The installed ``engines`` take the texts in turn, each with a seeded voice (and
+    variant), speed and pitch. Renderings are cached as WAV files in ``out_dir``,
+    named by the job, so a re-run with the same texts and seed renders nothing.
+    Failed renders are logged and left out of the list.
+    """
+    found = [e for e in (_ENGINES[name]() for name in engines) if e.available()]
+    if not found or not texts:
+        if texts:
+            _LOGGER.warning("no TTS engine available among %s; no synthetic speech", ", ".join(engines))
+        return []
+    voices = {e.name: (e.voices(), e.variants()) for e in found}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 7, len(texts)])
+    streams: list[tuple[str, np.ndarray]] = []
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="kws-speech-") as scratch:
+        for i, text in enumerate(texts):
+            engine = found[i % len(found)]
+            names, variants = voices[engine.name]
+            voice, variant = names[int(rng.integers(len(names)))], variants[int(rng.integers(len(variants)))]
+            voice_id = f"{voice}+{variant}" if variant else voice
+            speed = round(float(np.exp(rng.uniform(*np.log(speed_range)))), 2)
+            pitch = round(float(rng.uniform(*pitch_semitones_range)), 1) + 0.0
+            level = float(rng.uniform(0.2, 0.9))  # drawn whether cached or not: the next jobs stay the same
+            slug = re.sub(r"[^A-Za-z0-9+._-]", "-", voice_id)
+            path = out_dir / f"{engine.name}_{slug}_s{speed:.2f}_p{pitch:.1f}_{_stable_hash(text):08x}.wav"
+            if not path.is_file():
+                native = engine.native_pitch(voice)
+                ratio = 1.0 if native else 2.0 ** (pitch / 12.0)
+                raw = Path(scratch) / "raw.wav"
+                try:
+                    engine.render(text, voice_id, speed / ratio, pitch if native else 0.0, raw)
+                    audio, rate = sf.read(str(raw), dtype="float32", always_2d=True)
+                except (RenderError, RuntimeError, OSError) as error:
+                    failed += 1
+                    _LOGGER.info("%s could not read %r: %s", engine.name, text[:40], error)
+                    continue
+                audio = _trim(_resample(audio.mean(axis=1), rate * ratio, sample_rate_hz), sample_rate_hz)
+                if audio.size == 0:
+                    failed += 1
+                    continue
+                peak = float(np.max(np.abs(audio)))
+                audio = audio * (level / peak)
+                _write_atomic(path, np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), sample_rate_hz)
+            audio, _ = sf.read(str(path), dtype="float32")
+            streams.append((text, audio))
+    if failed:
+        _LOGGER.warning("%d of %d synthetic sentences could not be rendered", failed, len(texts))
+    return streams

@@ -338,3 +338,15 @@ def test_clip_window_fills_digital_padding_with_the_clips_background():
     assert np.mean(np.abs(window) < custom.DIGITAL_SILENCE) < 0.05
     first, last = custom.audible_span(audio)
     assert np.sqrt(np.mean(window[-8000:] ** 2)) < 0.1 * np.abs(audio[first:last]).max()  # background, not speech
+
+
+def test_shifted_voices_move_pitch_and_tempo_together():
+    rate = 16000
+    tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    for semitones, pitch_hz in ((12.0, 880.0), (-12.0, 220.0), (3.0, 440 * 2 ** 0.25)):
+        shifted = custom.shift_voice(tone, semitones)
+        assert shifted.dtype == np.float32 and abs(shifted.size - rate / 2 ** (semitones / 12)) <= 2
+        found = np.argmax(np.abs(np.fft.rfft(shifted))) * rate / shifted.size
+        assert abs(found - pitch_hz) < 3, (semitones, found)
+    settings = custom.CustomSettings.from_dict({"word": "computer", "samples_dir": "x", "mine_voice_shifts": [-3, 3]})
+    assert settings.mine_voice_shifts == (-3, 3)

@@ -131,6 +131,9 @@ class CustomSettings:
     pseudo_speech_s: float = 0.0
     """Also mine this much pseudo-running speech: Speech Commands words (not the word) strung together without
     pauses, thousands of voices and word junctions the long-form speech lacks; 0 = none (needs speech_commands)."""
+    mine_voice_shifts: tuple[float, ...] = ()
+    """Also mine the training speech played faster or slower by these semitones (pitch, formants and tempo
+    together): more voices from the same speakers; () = none."""
     synth_speech_s: float = 0.0
     """Also mine about this much synthetic running speech: frequent English words (and the sound-alikes) in a
     random order, read by the installed TTS engines' voices; 0 = none."""
@@ -204,7 +207,7 @@ class CustomSettings:
                 out[key] = None if value in (None, "") else Path(value)
             elif key in ("negatives", "noise"):
                 out[key] = tuple(Path(v) for v in value)
-            elif key in ("engines", "gain_db", "snrs_db"):
+            elif key in ("engines", "gain_db", "snrs_db", "mine_voice_shifts"):
                 out[key] = tuple(value)
             else:
                 out[key] = value
@@ -805,6 +808,16 @@ def pseudo_speech(clips: np.ndarray, seconds: float, rng: np.random.Generator, s
     return streams
 
 
+def shift_voice(audio: np.ndarray, semitones: float) -> np.ndarray:
+    """``audio`` played ``2 ** (semitones / 12)`` times faster: pitch, formants and tempo move together."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(2 ** (-semitones / 12)).limit_denominator(64)
+    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
 def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int, features: FeatureSettings, keyword: int,
                         limit: int, min_score: float, stride_s: float = 0.2, batch_windows: int = 8192,
                         names: Sequence[str] = ()) -> tuple[np.ndarray, list[dict]]:
@@ -1048,6 +1061,19 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
                      len(streams), sum(a.size for a in streams) / data.SAMPLE_RATE_HZ, len(words))
         files = [*files, *streams]
         names += [f"pseudo-speech {i}" for i in range(len(streams))]
+    if settings.mine_voice_shifts:
+        with timer.stage("shift voices"):
+            shifted = []
+            for semitones in settings.mine_voice_shifts:
+                for path in inputs.negatives_training:
+                    try:
+                        shifted.append(shift_voice(read_audio(path, data.SAMPLE_RATE_HZ), semitones))
+                    except AudioError:
+                        continue  # the miner logs it for the original
+                    names.append(f"{path} {semitones:+g} semitones")
+        _LOGGER.info("mining also the training speech shifted by %s semitones (%d files)",
+                     ", ".join(f"{t:+g}" for t in settings.mine_voice_shifts), len(shifted))
+        files = [*files, *shifted]
     if settings.synth_speech_s > 0:
         from training.phonetic import word_salad
         from training.synth import ENGINE_NAMES, render_speech

@@ -73,7 +73,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\n\n[train]\nkeep = "last"\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",

@@ -134,7 +134,7 @@ class CustomSettings:
     pseudo_speech_s: float = 0.0
     """Also mine this much pseudo-running speech: Speech Commands words (not the word) strung together without
     pauses, thousands of voices and word junctions the long-form speech lacks; 0 = none (needs speech_commands)."""
-    mine_voice_shifts: tuple[float, ...] = ()
+    mine_voice_shifts: tuple[float, ...] = (-3.0, 3.0)
     """Also mine the training speech played faster or slower by these semitones (pitch, formants and tempo
     together): more voices from the same speakers; () = none."""
     synth_speech_s: float = 0.0

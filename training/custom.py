@@ -1226,6 +1226,9 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
         "",
         f"{figures['epochs']} epochs"
         + (f", then {settings.hard_negative_epochs} more with {mined} mined hard negatives"
+           + (f" (from the training speech as recorded and shifted by "
+              f"{', '.join(f'{t:+g}' for t in settings.mine_voice_shifts)} semitones)"
+              if settings.mine_voice_shifts else "")
            if (mined := figures["examples"].get("hard negatives (mined)")) else "")
         + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
         + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{figures['base']}`"

@@ -146,8 +146,9 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
 
     # the second round: windows of the training speakers' speech the first model took for the word
     mined = json.loads((run / "hard_negatives.json").read_text())
-    assert mined and all(m["file"] in split["negatives_training"] or m["file"].startswith("synthetic speech: ")
-                         for m in mined)
+    sources = [re.sub(r" [+-][\d.]+ semitones$", "", m["file"]) for m in mined]  # mine_voice_shifts: -3, +3
+    assert mined and all(f in split["negatives_training"] or f.startswith("synthetic speech: ") for f in sources)
+    assert settings["custom"]["mine_voice_shifts"] == [-3.0, 3.0]
     assert [m["score"] for m in mined] == sorted((m["score"] for m in mined), reverse=True)
     assert (run / "history_round1.json").is_file() and len(json.loads((run / "history.json").read_text())) == 1
     assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined)

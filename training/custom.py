@@ -813,12 +813,9 @@ def pseudo_speech(clips: np.ndarray, seconds: float, rng: np.random.Generator, s
 
 def shift_voice(audio: np.ndarray, semitones: float) -> np.ndarray:
     """``audio`` played ``2 ** (semitones / 12)`` times faster: pitch, formants and tempo move together."""
-    from fractions import Fraction
+    from training.synth import resample
 
-    from scipy.signal import resample_poly
-
-    ratio = Fraction(2 ** (-semitones / 12)).limit_denominator(64)
-    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+    return resample(audio, data.SAMPLE_RATE_HZ * 2 ** (semitones / 12), data.SAMPLE_RATE_HZ)
 
 
 def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int, features: FeatureSettings, keyword: int,
@@ -1038,22 +1035,12 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     return figures
 
 
-def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
-                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer,
-                        sound_alikes: Sequence[str] = ()):
-    """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
-
-    Beside ``files``, the miner reads the pseudo-speech (``pseudo_speech_s``) and the
-    synthetic running speech (``synth_speech_s``, with ``sound_alikes`` among its words).
-
-    The second round starts from all of ``model``'s weights (the first convolution still
-    fixed when ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``;
-    its best checkpoint (validation accuracy) is the model. Returns (model, corpus, maker, mined).
-    """
-    from training.train import train
-
-    samples = corpus.audio.shape[1]
-    names = [str(f) for f in files]
+def extra_mining_audio(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer: StageTimer,
+                       sound_alikes: Sequence[str] = ()) -> list[tuple[str, np.ndarray]]:
+    """(name, float audio) the miner reads beside the training negatives' files: the pseudo-speech
+    (``pseudo_speech_s``), the training speech with shifted voices (``mine_voice_shifts``) and the synthetic
+    running speech (``synth_speech_s``, with ``sound_alikes`` among its words)."""
+    extra: list[tuple[str, np.ndarray]] = []
     if settings.pseudo_speech_s > 0 and settings.speech_commands is not None:
         with timer.stage("pseudo speech"):
             rng = np.random.default_rng([settings.seed, 5])
@@ -1062,21 +1049,19 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
             streams = pseudo_speech(words, settings.pseudo_speech_s, rng, data.SAMPLE_RATE_HZ)
         _LOGGER.info("mining also %d stream(s) of pseudo-speech (%.0f s) from %d Speech Commands words",
                      len(streams), sum(a.size for a in streams) / data.SAMPLE_RATE_HZ, len(words))
-        files = [*files, *streams]
-        names += [f"pseudo-speech {i}" for i in range(len(streams))]
+        extra += [(f"pseudo-speech {i}", audio) for i, audio in enumerate(streams)]
     if settings.mine_voice_shifts:
         with timer.stage("shift voices"):
             shifted = []
-            for semitones in settings.mine_voice_shifts:
-                for path in inputs.negatives_training:
-                    try:
-                        shifted.append(shift_voice(read_audio(path, data.SAMPLE_RATE_HZ), semitones))
-                    except AudioError:
-                        continue  # the miner logs it for the original
-                    names.append(f"{path} {semitones:+g} semitones")
+            for path in inputs.negatives_training:  # each file decoded once for all the shifts
+                try:
+                    audio = read_audio(path, data.SAMPLE_RATE_HZ)
+                except AudioError:
+                    continue  # the miner logs it for the original
+                shifted += [(f"{path} {t:+g} semitones", shift_voice(audio, t)) for t in settings.mine_voice_shifts]
         _LOGGER.info("mining also the training speech shifted by %s semitones (%d files)",
                      ", ".join(f"{t:+g}" for t in settings.mine_voice_shifts), len(shifted))
-        files = [*files, *shifted]
+        extra += shifted
     if settings.synth_speech_s > 0:
         from training.phonetic import word_salad
         from training.synth import ENGINE_NAMES, render_speech
@@ -1084,12 +1069,31 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
         with timer.stage("synthesize (running speech)"):
             rng = np.random.default_rng([settings.seed, 6])
             texts = word_salad(settings.word, math.ceil(settings.synth_speech_s / SALAD_TEXT_S), rng, sound_alikes)
-            cache = (settings.cache_dir or run_dir) / "synth_speech"
-            read = render_speech(texts, cache, settings.engines or ENGINE_NAMES, settings.seed, data.SAMPLE_RATE_HZ)
+            read = render_speech(texts, (settings.cache_dir or run_dir) / "synth_speech",
+                                 settings.engines or ENGINE_NAMES, settings.seed, data.SAMPLE_RATE_HZ)
         _LOGGER.info("mining also %d synthetic sentence(s) (%.0f s)", len(read),
                      sum(a.size for _, a in read) / data.SAMPLE_RATE_HZ)
-        files = [*files, *(audio for _, audio in read)]
-        names += [f"synthetic speech: {text}" for text, _ in read]
+        extra += [(f"synthetic speech: {text}", audio) for text, audio in read]
+    return extra
+
+
+def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
+                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer,
+                        sound_alikes: Sequence[str] = ()):
+    """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
+
+    Beside ``files``, the miner reads ``extra_mining_audio``.
+
+    The second round starts from all of ``model``'s weights (the first convolution still
+    fixed when ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``;
+    the epoch ``train_settings.keep`` names is the model. Returns (model, corpus, maker, mined).
+    """
+    from training.train import train
+
+    samples = corpus.audio.shape[1]
+    extra = extra_mining_audio(settings, inputs, run_dir, timer, sound_alikes)
+    names = [str(f) for f in files] + [name for name, _ in extra]
+    files = [*files, *(audio for _, audio in extra)]
     with timer.stage("mine hard negatives"):
         windows, mined = mine_hard_negatives(model, files, samples, train_settings.features,
                                              corpus.labels.index(settings.word), settings.hard_negative_windows,

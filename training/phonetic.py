@@ -39,7 +39,7 @@ _LOGGER = logging.getLogger(__name__)
 _VOICE = "en-us"
 _TIMEOUT_S = 120.0
 _VOWEL_START = re.compile(r"^[aeiouAEIOUV@03]")
-_REDUCED = {"@", "I", "i", "3", "a#"}
+_REDUCED = {"@", "I", "i", "3"}
 _GROUPS = ({"p", "b", "t", "d", "k", "g", "tS", "dZ", "?"}, {"f", "v", "T", "D", "s", "z", "S", "Z", "h"},
            {"m", "n", "N"}, {"l", "r", "w", "j"})
 _CONTAINS_WAKE_WORD = 0.07
@@ -103,16 +103,22 @@ def phoneme_distance(target: Sequence[str], candidate: Sequence[str], inside: bo
     return min(previous) if inside else previous[-1]
 
 
-def vocabulary(size: int = 20000) -> tuple[list[str], str]:
-    """The ``size`` most frequent English words of ``wordfreq``, or the curated common words; and the source."""
+def vocabulary(size: int = 20000) -> tuple[list[str], np.ndarray]:
+    """The ``size`` most frequent English words of ``wordfreq`` and their frequencies; without wordfreq, the
+    curated common words, all as frequent."""
     try:
         import wordfreq
     except ImportError:
         from training.custom import COMMON_WORDS
 
-        return list(COMMON_WORDS), "the curated common words (pip install wordfreq for 20,000)"
+        return list(COMMON_WORDS), np.ones(len(COMMON_WORDS))
     words = [w for w in wordfreq.top_n_list("en", size) if re.fullmatch(r"[a-z]+(?:'[a-z]+)?", w)]
-    return words, f"wordfreq {getattr(wordfreq, '__version__', '')}".strip()
+    return words, np.array([wordfreq.word_frequency(w, "en") for w in words])
+
+
+def _spoken(wake_word: str) -> list[str]:
+    """The written words of a wake word (``hey_pi``: hey, pi), lower case."""
+    return [w for w in re.split(r"[\s_\-]+", wake_word.lower()) if w]
 
 
 def word_salad(wake_word: str, count: int, rng: np.random.Generator, sound_alikes: Sequence[str] = (),
@@ -120,16 +126,11 @@ def word_salad(wake_word: str, count: int, rng: np.random.Generator, sound_alike
     """``count`` texts of words drawn by their frequency in English (``vocabulary``), never the wake word or a
     word spelled with it; about ``alike_share`` of the words are ``sound_alikes``, so near misses come inside
     running speech. Without wordfreq the words are drawn evenly from the curated list."""
-    spelled = "".join(w for w in re.split(r"[\s_\-]+", wake_word.lower()) if w)
-    words, _ = vocabulary()
-    words = [w for w in words if spelled not in w.replace("'", "")]
-    try:
-        import wordfreq
-
-        weights = np.array([wordfreq.word_frequency(w, "en") for w in words])
-    except ImportError:
-        weights = np.ones(len(words))
-    weights = weights / weights.sum()
+    spelled = "".join(_spoken(wake_word))
+    vocabulary_words, frequencies = vocabulary()
+    keep = [i for i, w in enumerate(vocabulary_words) if spelled not in w.replace("'", "")]
+    words = [vocabulary_words[i] for i in keep]
+    weights = frequencies[keep] / frequencies[keep].sum()
     alikes = [a for a in sound_alikes if spelled not in a]
     texts = []
     for _ in range(count):
@@ -175,11 +176,11 @@ def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
     ``max_distance``; words holding the wake word, or spelled with it, are left out.
     Raises OSError without espeak-ng.
     """
-    text = " ".join(w for w in re.split(r"[\s_\-]+", wake_word.lower()) if w)
+    spoken = _spoken(wake_word)
+    text, spelled = " ".join(spoken), "".join(spoken)
     if words is None:
         words, _ = vocabulary()
-    spelled = text.replace(" ", "")
-    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in text.split()]
+    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in spoken]
     target = phonemes([text])[0]
     if not target or count <= 0:
         return []

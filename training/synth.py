@@ -495,7 +495,8 @@ def _split(total: int, parts: int) -> list[int]:
 # ---------------------------------------------------------------------------
 
 
-def _resample(audio: np.ndarray, src_rate_hz: float, dst_rate_hz: int) -> np.ndarray:
+def resample(audio: np.ndarray, src_rate_hz: float, dst_rate_hz: int) -> np.ndarray:
+    """``audio`` sampled at ``src_rate_hz`` brought to ``dst_rate_hz`` (polyphase, a ratio of at most 1000)."""
     if abs(src_rate_hz - dst_rate_hz) < 1e-9:
         return audio
     if float(src_rate_hz).is_integer():
@@ -526,16 +527,36 @@ def _trim(audio: np.ndarray, rate_hz: int) -> np.ndarray:
     return audio[start:end]
 
 
-def _postprocess(raw_path: Path, job: _Job, pitch_ratio: float, settings: SynthSettings) -> np.ndarray:
-    """Rendered file -> int16 clip of exactly clip_s; raises RenderError to reject."""
+def _render(engine: _Engine, text: str, voice: str, voice_id: str, speed: float, pitch_semitones: float,
+            raw_path: Path) -> float:
+    """Render ``text`` to ``raw_path`` with the pitch applied by the engine, or left for ``_read_trimmed`` to
+    apply by resampling (the engine then speaks slower to compensate); returns that resampling's pitch ratio.
+    Raises RenderError."""
+    if engine.native_pitch(voice):
+        pitch_ratio, render_speed, render_pitch = 1.0, speed, pitch_semitones
+    else:
+        # Resampling by pitch_ratio also speeds up by pitch_ratio: compensate.
+        pitch_ratio = 2.0 ** (pitch_semitones / 12.0)
+        render_speed, render_pitch = speed / pitch_ratio, 0.0
+    engine.render(text, voice_id, render_speed, render_pitch, raw_path)
+    if not raw_path.is_file() or raw_path.stat().st_size == 0:
+        raise RenderError("engine wrote no audio file")
+    return pitch_ratio
+
+
+def _read_trimmed(raw_path: Path, pitch_ratio: float, rate_hz: int) -> np.ndarray:
+    """A rendering as mono float audio at ``rate_hz``, pitch-shifted by ``pitch_ratio``, its silence cut."""
     try:
         audio, rate = sf.read(str(raw_path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError, ValueError) as exc:
         raise RenderError(f"unreadable engine output: {exc}") from exc
-    audio = audio.mean(axis=1)
     # Reading the samples as if recorded at rate*ratio raises pitch by ratio.
-    audio = _resample(audio, rate * pitch_ratio, settings.sample_rate_hz)
-    audio = _trim(audio, settings.sample_rate_hz)
+    return _trim(resample(audio.mean(axis=1), rate * pitch_ratio, rate_hz), rate_hz)
+
+
+def _postprocess(raw_path: Path, job: _Job, pitch_ratio: float, settings: SynthSettings) -> np.ndarray:
+    """Rendered file -> int16 clip of exactly clip_s; raises RenderError to reject."""
+    audio = _read_trimmed(raw_path, pitch_ratio, settings.sample_rate_hz)
     clip_len = int(round(settings.clip_s * settings.sample_rate_hz))
     if audio.size < _MIN_WORD_S * settings.sample_rate_hz or float(np.max(np.abs(audio))) <= 0.0:
         raise RenderError(f"rendering is silent or empty ({audio.size} samples after trimming)")
@@ -644,16 +665,8 @@ def _run_jobs(engine: _Engine, jobs: list[_Job], word_dir: Path, scratch_dir: Pa
             stats["failed"] += 1
             continue
         raw = scratch_dir / f"raw_{engine.name}_{job.index:04d}.wav"
-        if engine.native_pitch(job.voice):
-            pitch_ratio, render_speed, render_pitch = 1.0, job.speed, job.pitch_semitones
-        else:
-            # Resampling by pitch_ratio also speeds up by pitch_ratio: compensate.
-            pitch_ratio = 2.0 ** (job.pitch_semitones / 12.0)
-            render_speed, render_pitch = job.speed / pitch_ratio, 0.0
         try:
-            engine.render(job.text, job.voice_id, render_speed, render_pitch, raw)
-            if not raw.is_file() or raw.stat().st_size == 0:
-                raise RenderError("engine wrote no audio file")
+            pitch_ratio = _render(engine, job.text, job.voice, job.voice_id, job.speed, job.pitch_semitones, raw)
         except RenderError as exc:
             stats["failed"] += 1
             consecutive_failures[job.voice] += 1
@@ -718,17 +731,13 @@ def render_speech(texts: Sequence[str], out_dir: Path, engines: Sequence[str] = 
             slug = re.sub(r"[^A-Za-z0-9+._-]", "-", voice_id)
             path = out_dir / f"{engine.name}_{slug}_s{speed:.2f}_p{pitch:.1f}_{_stable_hash(text):08x}.wav"
             if not path.is_file():
-                native = engine.native_pitch(voice)
-                ratio = 1.0 if native else 2.0 ** (pitch / 12.0)
                 raw = Path(scratch) / "raw.wav"
                 try:
-                    engine.render(text, voice_id, speed / ratio, pitch if native else 0.0, raw)
-                    audio, rate = sf.read(str(raw), dtype="float32", always_2d=True)
-                except (RenderError, RuntimeError, OSError) as error:
+                    audio = _read_trimmed(raw, _render(engine, text, voice, voice_id, speed, pitch, raw), sample_rate_hz)
+                except RenderError as error:
                     failed += 1
                     _LOGGER.info("%s could not read %r: %s", engine.name, text[:40], error)
                     continue
-                audio = _trim(_resample(audio.mean(axis=1), rate * ratio, sample_rate_hz), sample_rate_hz)
                 if audio.size == 0:
                     failed += 1
                     continue

@@ -271,8 +271,9 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
                    "accuracy": float(fit.history["accuracy"][-1]), "val_loss": val_loss, "val_accuracy": val_acc}
             history.append(row)
             marker = ""
-            if val_acc > best if settings.keep == "best" else epoch + 1 == settings.epochs:
-                best = val_acc
+            kept = val_acc > best if settings.keep == "best" else epoch + 1 == settings.epochs
+            best = max(best, val_acc)
+            if kept:
                 with timer.stage("checkpoint"):
                     model.save(run_dir / "model.keras.tmp.keras")
                     os.replace(run_dir / "model.keras.tmp.keras", run_dir / "model.keras")
@@ -281,5 +282,5 @@ def train(corpus: Corpus, settings: TrainSettings, run_dir: Path, timer: StageTi
                          settings.epochs, row["loss"], row["accuracy"], val_loss, val_acc, marker)
             (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, run_dir / "curve.png")
-    _LOGGER.info("best validation accuracy %.4f", max(row["val_accuracy"] for row in history))
+    _LOGGER.info("best validation accuracy %.4f", best)
     return keras.models.load_model(run_dir / "model.keras")

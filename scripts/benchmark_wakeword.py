@@ -11,11 +11,10 @@ one word (the folder's name is the word unless ``--word``):
 
 * ``--count`` clips (default 50), chosen with ``--seed``, are what a user would record:
   they are linked into ``RUN/samples`` and given to the custom pipeline as its samples.
-  The pipeline keeps its own default holdout (``--holdout``, 0.2: 10 of 50) inside them,
-  because it needs held-out clips to choose the best epoch and cannot run without
-  them; so the model trains on 40 of the 50, exactly as it would for a user with 50
-  recordings. Every other clip of the folder is a held-out positive here, never seen
-  by the pipeline (neither for training nor for choosing the epoch).
+  The pipeline keeps its own default holdout (``[custom] holdout``, 0.2: 10 of 50) inside
+  them, for the model card's own figures; so the model trains on 40 of the 50, exactly
+  as it would for a user with 50 recordings. Every other clip of the folder is a
+  held-out positive here, never seen by the pipeline.
 * The pipeline runs in-process (``training.custom.run_custom``, with the settings
   ``kws-train custom`` would build from the same options), so the bundle is the one
   ``kws-train custom`` makes; it is written to ``RUN/models``, never to ``models/``.
@@ -162,7 +161,7 @@ def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s
         f"- target {rate.target_fa_per_hour:g} FA/h reachable: {'yes' if rate.target_met else 'NO (best threshold shown)'}"
         f" (one false accept = {rate.one_false_accept_per_hour:.2f}/h)",
         f"- training: {wall_s:.0f} s wall for the whole pipeline ({figures['train_s']:.0f} s fitting, "
-        f"{figures['epochs']} epochs; {held} of the {count} clips held out by the pipeline to choose the epoch)",
+        f"{figures['epochs']} epochs; {held} of the {count} clips held out by the pipeline for its model card)",
     ]
     if stages:
         lines.append("- stages (the prefetch stage overlaps fit): " + ", ".join(f"{name} {secs:.0f} s" for name, secs in

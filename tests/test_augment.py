@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.augment import (AugmentSettings, add_reverb, augment, change_speed, random_noise_cuts, spec_augment,
-                              time_shift)
+                              synthetic_room_responses, time_shift)
 
 RATE = 16000
 
@@ -76,6 +76,37 @@ def test_reverb_spreads_a_click_and_keeps_loudness():
     assert np.argmax(np.abs(out[0])) == 1000  # direct sound stays in place
     assert energy[1001:5000].sum() > 0.05 * energy.sum()  # a tail follows it
     assert np.isclose(np.sqrt(energy.mean()), np.sqrt((click[0] ** 2).mean()), rtol=1e-3)
+
+
+def decay_time_s(response: np.ndarray, gap: int) -> float:
+    """Reverberation time from the Schroeder integral of the tail: time from -5 dB to -25 dB, times 3."""
+    tail = response[gap:].astype(np.float64) ** 2
+    level_db = 10 * np.log10(np.cumsum(tail[::-1])[::-1] / tail.sum())
+    return 3 * (np.argmax(level_db < -25) - np.argmax(level_db < -5)) / RATE
+
+
+def test_made_up_rooms_decay_as_asked_and_vary():
+    responses = synthetic_room_responses(40, RATE, np.random.default_rng(8), rt60_s=(0.2, 0.8),
+                                         direct_to_reverberant_db=(0.0, 10.0))
+    assert len(responses) == 40
+    times, ratios = [], []
+    for response in responses:
+        assert response.dtype == np.float32 and response[0] == 1.0
+        gap = int(np.argmax(np.abs(response[1:]) > 0)) + 1
+        assert 0.002 * RATE <= gap <= 0.012 * RATE  # silence between the direct sound and the first reflection
+        times.append(decay_time_s(response, gap))
+        ratios.append(10 * np.log10(1.0 / np.sum(response[gap:].astype(np.float64) ** 2)))
+        quarter = (len(response) - gap) // 4
+        early, late = (np.abs(np.fft.rfft(part)) ** 2 for part in (response[gap:gap + quarter], response[-quarter:]))
+        dullness = [x[: x.size // 4].sum() / x[x.size // 2:].sum() for x in (early, late)]
+        assert dullness[1] > 2 * dullness[0]  # high frequencies die first
+    assert 0.15 < min(times) and max(times) < 0.9 and max(times) - min(times) > 0.3
+    assert -0.01 < min(ratios) < 2 and 8 < max(ratios) < 10.01
+    again = synthetic_room_responses(40, RATE, np.random.default_rng(8), rt60_s=(0.2, 0.8),
+                                     direct_to_reverberant_db=(0.0, 10.0))
+    assert all(np.array_equal(a, b) for a, b in zip(responses, again))
+    out = add_reverb(tone(500)[None], np.array([True]), responses[:1], np.random.default_rng(9))
+    assert not np.allclose(out, tone(500)[None], atol=1e-3)
 
 
 def test_spec_augment_masks_bands_with_the_mean():

@@ -73,7 +73,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -158,6 +158,7 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert "time by stage" in result.stderr.decode()
     assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
+    assert "reverb in made-up rooms" in (run / "computer.md").read_text()  # synthetic_rooms = 3, no --rir
 
     detected = run_kws("detect", "--model", str(models / "computer.json"), "--json",
                        split["positives_holdout"][0])
@@ -169,8 +170,10 @@ def test_near_misses_are_rendered_with_espeak(trained):
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng): no near-miss clips to check")
     run, _, _ = trained
     settings = json.loads((run / "settings.json").read_text())
-    alikes = custom.find_sound_alikes("computer", settings["custom"]["sound_alikes"], None)
-    assert len(alikes) == 8 and "commuter" in alikes  # real words found by their phonemes
+    alikes = custom.find_sound_alikes("computer", settings["custom"]["sound_alikes"], None,
+                                      settings["custom"]["sound_alike_phrases"])
+    assert len(alikes) == 8 + 4 and "commuter" in alikes[:8]  # real words found by their phonemes
+    assert all(len(a.split()) == 2 for a in alikes[8:])  # then phrases, like it across a word boundary
     assert settings["near_miss_texts"] == custom.near_miss_texts("computer", sound_alikes=alikes)
     rendered = {p.parent.name for p in (run / "near_misses").glob("*/*.wav")}
     assert len(rendered) >= len(settings["near_miss_texts"]) - 2  # a rare rejection may cost a text

@@ -43,6 +43,35 @@ def test_sound_alikes_rank_real_words_and_leave_out_the_word_itself(tmp_path):
     assert phonetic.sound_alikes("computer", 4, words=words, cache_dir=tmp_path) == found
 
 
+def test_one_end_free_distances_match_a_word_ending_or_beginning():
+    came, pewter, computer = phonetic.phonemes(["came", "pewter", "computer"])
+    head, tail = computer[:3], computer[3:]  # k@m, pju:t3
+    overcame = ["oU", "v", "3"] + came
+    assert phonetic.phoneme_distance(head, overcame, skip_start=True) == phonetic.phoneme_distance(head, came) == 0.5
+    assert phonetic.phoneme_distance(head, overcame) > 2  # anchored at both ends, "over" costs
+    assert phonetic.phoneme_distance(tail, pewter + ["z", "@"], skip_end=True) == \
+        phonetic.phoneme_distance(tail, pewter)  # what follows the beginning is free
+    assert phonetic.phoneme_distance(head, ["s", "@"] + came, skip_start=True) == \
+        phonetic.phoneme_distance(head, came, skip_start=True)  # what comes before the ending is free
+    assert phonetic.phoneme_distance(tail, ["s", "@"] + pewter, skip_end=True) > \
+        phonetic.phoneme_distance(tail, pewter, skip_end=True)  # but the beginning is not
+
+
+def test_sound_alike_phrases_join_a_word_ending_to_a_word_beginning(tmp_path):
+    words = ["the", "camp", "come", "banana", "utility", "pewter", "window", "compute", "computer", "river",
+             "uterus", "american", "music"]
+    found = phonetic.sound_alike_phrases("computer", 3, words=words, cache_dir=tmp_path)
+    assert found and all(a.how == "across" and len(a.word.split()) == 2 for a in found)
+    assert found[0].word == "camp utility" and found[0].distance == 0.125  # "kamp" + "ju:tIlIti"
+    assert not {"banana", "window", "river", "the"} & {w for a in found for w in a.word.split()}
+    assert "computer" not in " ".join(a.word for a in found)  # never the word itself
+    used = [w for a in found for w in a.word.split()]
+    assert len(used) == len(set(used))  # no word in two phrases
+    assert [a.distance for a in found] == sorted(a.distance for a in found)
+    assert all(phonetic._CONTAINS_WAKE_WORD <= a.distance <= 0.5 for a in found)
+    assert phonetic.sound_alike_phrases("computer", 0, words=words, cache_dir=tmp_path) == []
+
+
 def test_near_miss_texts_take_the_sound_alikes():
     texts = custom.near_miss_texts("computer", sound_alikes=["completed", "compu", "commute"])
     assert {"completed", "commute"} <= set(texts) and texts.count("compu") == 1

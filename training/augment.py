@@ -122,6 +122,41 @@ def add_reverb(audio: np.ndarray, chosen: np.ndarray, responses: Sequence[np.nda
     return out
 
 
+def synthetic_room_responses(count: int, sample_rate_hz: int, rng: np.random.Generator,
+                             rt60_s: tuple[float, float] = (0.2, 0.8),
+                             direct_to_reverberant_db: tuple[float, float] = (-3.0, 12.0)) -> list[np.ndarray]:
+    """``count`` made-up room impulse responses, for reverb when no recorded ones are given.
+
+    Each is the direct sound (a unit impulse), then a diffuse tail: Gaussian noise that
+    decays by 60 dB over a reverberation time drawn from ``rt60_s``, its high frequencies
+    dying faster (a one-pole low-pass that closes as the tail goes on), starting after a
+    few milliseconds of gap as the first reflection would, and scaled to a
+    direct-to-reverberant ratio drawn from ``direct_to_reverberant_db``. The statistical
+    room model (Schroeder's): no geometry, but the decay, colour and wetness vary as real
+    rooms do. ``add_reverb`` keeps the direct sound in place and the loudness unchanged.
+    """
+    from scipy.signal import lfilter
+
+    responses = []
+    for _ in range(count):
+        rt60 = rng.uniform(*rt60_s)
+        gap = int(rng.uniform(0.002, 0.012) * sample_rate_hz)
+        length = int(rt60 * sample_rate_hz)
+        t = np.arange(length) / sample_rate_hz
+        tail = rng.standard_normal(length) * np.exp(-6.9 * t / rt60)
+        # Brighter at first, duller later: filter two copies and cross-fade between them.
+        bright, dull = (lfilter([1 - a], [1, -a], tail) for a in (0.2, 0.85))
+        fade = t / t[-1]
+        tail = (1 - fade) * bright + fade * dull
+        drr = 10 ** (rng.uniform(*direct_to_reverberant_db) / 10)
+        tail *= np.sqrt(1.0 / (drr * np.sum(tail**2)))
+        response = np.zeros(gap + length, np.float32)
+        response[0] = 1.0
+        response[gap:] += tail.astype(np.float32)
+        responses.append(response)
+    return responses
+
+
 def spec_augment(features: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
     """SpecAugment-style masks on ``(n, frames, coefficients)`` features: masked cells get the example's mean."""
     if not (settings.time_masks and settings.time_mask_frames) and not (

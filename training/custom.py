@@ -49,6 +49,7 @@ from kws.bundle import BACKGROUND_PREFIX, DEFAULT_MODEL, atomic_write, models_di
 from kws.errors import AudioError, ConfigError, KwsError
 from kws.features import FeatureSettings
 from training import data
+from training.augment import synthetic_room_responses
 from training.train import Corpus, EpochMaker, TrainSettings
 from training.timing import StageTimer
 
@@ -63,6 +64,8 @@ SPEECH_MIN_RMS = 0.003
 """Windows of long-form speech quieter than this (pauses) are left out of ``_unknown_``."""
 SALAD_TEXT_S = 5.0
 """About how long the TTS engines take to read one text of ``synth_speech_s`` (16 words)."""
+NEAR_MISS_CLIP_WINDOWS = 2.0
+"""Near-miss texts are rendered up to this many windows long, then cut to one window around their speech."""
 SHORT_FILE_WINDOWS = 2.5
 """Negative files shorter than this many windows are clips: every position counts."""
 DEFAULT_TRAIN = {"epochs": 30, "clips_per_class": 1000, "learning_rate": 0.001, "validation_silence": 100,
@@ -71,7 +74,7 @@ DEFAULT_TRAIN = {"epochs": 30, "clips_per_class": 1000, "learning_rate": 0.001, 
 validation accuracy reaches its top within a few epochs, so the end of each round is kept, not the first
 epoch at the top)."""
 DEFAULT_AUGMENT = {"speed_probability": 0.3, "reverb_probability": 0.3, "time_shift_ms": 150.0}
-"""Augmentation departing from ``AugmentSettings``' defaults (reverb only acts with ``rir``)."""
+"""Augmentation departing from ``AugmentSettings``' defaults (reverb: ``rir``'s responses, else made-up ones)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class CustomSettings:
     """Folders of noise recordings: ``_silence_``, mixing, and calibration negatives."""
     rir: Path | None = None
     """Folder of room impulse responses for the reverb augmentation."""
+    synthetic_rooms: int = 0
+    """Without ``rir``: this many made-up room responses (``augment.synthetic_room_responses``) for the
+    reverb (0 = no reverb without ``rir``)."""
     room: Path | None = None
     """A recording (file or folder) of the room the device will listen in: noise and ``_unknown_`` windows."""
     synth_clips: int = 0
@@ -102,6 +108,9 @@ class CustomSettings:
     sound_alikes: int = 8
     """Near-miss texts also take this many real words that sound like the word, found by their phonemes
     (``training.phonetic``: espeak-ng, and wordfreq's 20,000 most frequent words when installed); 0 = none."""
+    sound_alike_phrases: int = 4
+    """And this many two-word phrases that sound like the word across the word boundary ("camp utility");
+    0 = none."""
     engines: tuple[str, ...] = ()
     """TTS engines for ``synth_clips`` and ``near_miss_clips``; () = every installed one."""
     holdout: float = 0.2
@@ -161,8 +170,12 @@ class CustomSettings:
             raise ConfigError(f"real_share {self.real_share:g}: give a share in [0, 1)")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
-        if self.synth_clips < 0 or self.near_miss_clips < 0 or self.sound_alikes < 0 or self.synth_speech_s < 0:
-            raise ConfigError("--synth, --near-misses, sound_alikes and synth_speech_s must not be negative")
+        if min(self.synth_clips, self.near_miss_clips, self.sound_alikes, self.sound_alike_phrases,
+               self.synth_speech_s) < 0:
+            raise ConfigError("--synth, --near-misses, sound_alikes, sound_alike_phrases and synth_speech_s "
+                              "must not be negative")
+        if self.synthetic_rooms < 0:
+            raise ConfigError(f"synthetic_rooms {self.synthetic_rooms}: must not be negative")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
@@ -348,14 +361,16 @@ def near_miss_texts(word: str, max_texts: int = 16, max_common: int = 6,
     return texts[: max_texts + len(alikes)]
 
 
-def find_sound_alikes(word: str, count: int, cache_dir: Path | None) -> list[str]:
-    """``training.phonetic.sound_alikes`` of ``word``, logged; none (with one warning) without espeak-ng."""
+def find_sound_alikes(word: str, count: int, cache_dir: Path | None, phrases: int = 0) -> list[str]:
+    """``training.phonetic.sound_alikes`` of ``word``, then its ``sound_alike_phrases``, logged; none (with
+    one warning) without espeak-ng."""
     from training import phonetic
 
-    if count <= 0:
+    if count <= 0 and phrases <= 0:
         return []
     try:
-        found = phonetic.sound_alikes(word, count, cache_dir=cache_dir)
+        found = phonetic.sound_alikes(word, count, cache_dir=cache_dir) if count > 0 else []
+        found += phonetic.sound_alike_phrases(word, phrases, cache_dir=cache_dir)
     except (OSError, subprocess.SubprocessError) as error:
         _LOGGER.warning("no sound-alike near misses: %s", error)
         return []
@@ -745,18 +760,22 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
             windows = [_to_int16(a[s : s + samples]) for a in room for s in range(0, a.size - samples + 1, samples)]
             add(np.stack(windows) if windows else np.zeros((0, samples), np.int16), unknown, "training", "room windows")
         noise = data.load_noise(inputs.noise_files) + room
-        responses = data.load_noise(_audio_files(settings.rir)) if settings.rir else []
+        responses = data.load_noise(_audio_files(settings.rir)) if settings.rir else \
+            synthetic_room_responses(settings.synthetic_rooms, data.SAMPLE_RATE_HZ,
+                                     np.random.default_rng([settings.seed, 7]))
 
-    def add_tts(texts, clips, folder, seed, label_index, what, option):
+    def add_tts(texts, clips, folder, seed, label_index, what, option, clip_s=None):
+        """``clip_s`` longer than the window: renderings up to that long, cut to the window around their speech."""
         with timer.stage(f"synthesize ({what})"):
-            found = render_tts(settings, texts, clips, run_dir / folder, inputs.window_s, seed)
+            found = render_tts(settings, texts, clips, run_dir / folder, clip_s or inputs.window_s, seed)
         if not found:
             parts.notes.append(f"{option}: no TTS engine installed (apt-get install espeak-ng flite festival): "
                                f"no {what}")
             _LOGGER.warning("%s", parts.notes[-1])
         paths = [p for ps in found.values() for p in ps]
-        clips = np.stack([centred(read_audio(p, data.SAMPLE_RATE_HZ), samples) for p in paths]) if paths else \
-            np.zeros((0, samples), np.float32)
+        cut = (lambda p: clip_window(p, samples, data.SAMPLE_RATE_HZ)) if clip_s else \
+            (lambda p: centred(read_audio(p, data.SAMPLE_RATE_HZ), samples))
+        clips = np.stack([cut(p) for p in paths]) if paths else np.zeros((0, samples), np.float32)
         add(_to_int16(with_background(clips, noise, np.random.default_rng([settings.seed, 4, seed]))),
             label_index, "training", what)
 
@@ -768,10 +787,12 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         if copies > 0:  # the user's voice, not the TTS voices, is what the model must learn
             add(np.tile(yours, (copies, 1)), keyword, "training", "positives (yours, repeated)")
     if settings.near_miss_clips:
-        parts.sound_alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir)
+        parts.sound_alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir,
+                                               settings.sound_alike_phrases)
         parts.near_miss_texts = near_miss_texts(settings.word, sound_alikes=parts.sound_alikes)
+        # Long near misses ("compatibility", "camp utility") are kept: their middle is what sounds like the word.
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
-                "--near-misses")
+                "--near-misses", NEAR_MISS_CLIP_WINDOWS * inputs.window_s)
 
     corpus = Corpus(np.concatenate(rows), np.concatenate(label).astype(np.int64), np.concatenate(split), noise,
                     labels=labels, responses=responses)
@@ -1239,7 +1260,8 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
-        "Examples (before augmentation: noise, speed, gain, time shift" + (", reverb" if settings.rir else "") + "):",
+        "Examples (before augmentation: noise, speed, gain, time shift"
+        + (", reverb" if settings.rir else ", reverb in made-up rooms" if settings.synthetic_rooms else "") + "):",
         "",
         *[f"- {what}: {count}" for what, count in figures["examples"].items()],
     ]

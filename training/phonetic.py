@@ -32,7 +32,8 @@ import numpy as np
 
 from kws.bundle import atomic_write
 
-__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alikes", "vocabulary", "word_salad"]
+__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alike_phrases", "sound_alikes", "vocabulary",
+           "word_salad"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,10 +90,16 @@ def _gap(token: str) -> float:
     return 0.5 if token in _REDUCED else 1.0
 
 
-def phoneme_distance(target: Sequence[str], candidate: Sequence[str], inside: bool = False) -> float:
-    """Weighted edit distance of ``target`` to ``candidate``; with ``inside``, to its closest stretch."""
+def phoneme_distance(target: Sequence[str], candidate: Sequence[str], inside: bool = False,
+                     skip_start: bool = False, skip_end: bool = False) -> float:
+    """Weighted edit distance of ``target`` to ``candidate``; with ``inside``, to its closest stretch.
+
+    ``skip_start`` and ``skip_end`` free only one end of ``candidate``: the distance to its
+    closest ending ("came" ends like the "com" of "computer") or beginning.
+    """
+    skip_start, skip_end = skip_start or inside, skip_end or inside
     previous = [0.0] * (len(candidate) + 1)
-    if not inside:
+    if not skip_start:
         for j in range(1, len(candidate) + 1):
             previous[j] = previous[j - 1] + _gap(candidate[j - 1])
     for a in target:
@@ -100,7 +107,7 @@ def phoneme_distance(target: Sequence[str], candidate: Sequence[str], inside: bo
         for j, b in enumerate(candidate, 1):
             current.append(min(previous[j - 1] + _cost(a, b), previous[j] + _gap(a), current[j - 1] + _gap(b)))
         previous = current
-    return min(previous) if inside else previous[-1]
+    return min(previous) if skip_end else previous[-1]
 
 
 def vocabulary(size: int = 20000) -> tuple[list[str], np.ndarray]:
@@ -165,7 +172,7 @@ class SoundAlike:
     distance: float
     """Edit distance over the wake word's phoneme count."""
     how: str
-    """``whole`` or ``inside``."""
+    """``whole``, ``inside`` or ``across`` (a two-word phrase)."""
 
 
 def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
@@ -205,6 +212,53 @@ def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
             if len(chosen) < count and distance <= max_distance and not any(_related(word, c) for c in chosen):
                 chosen[word] = SoundAlike(word, round(distance, 3), how)
     return list(chosen.values())
+
+
+def sound_alike_phrases(wake_word: str, count: int, words: Sequence[str] | None = None,
+                        cache_dir: Path | None = None, max_distance: float = 0.5, min_part: int = 2,
+                        candidates: int = 6) -> list[SoundAlike]:
+    """Up to ``count`` two-word phrases whose junction sounds like ``wake_word`` ("came pewter").
+
+    In running speech a wake word is most often heard across a word boundary: the end of
+    one word and the start of the next. The wake word's phonemes are split at every point
+    leaving at least ``min_part`` on each side; the words whose ending comes closest to
+    the first part (``skip_start``) are paired with those whose beginning comes closest
+    to the second (``skip_end``), ``candidates`` of each. Phrases are ranked by the summed
+    distance over the wake word's phoneme count, the more frequent words first among
+    equals (``vocabulary``'s order); none is farther than ``max_distance``, none so close
+    that it would be the wake word itself, and no word serves in two of them. Raises
+    OSError without espeak-ng.
+    """
+    spoken = _spoken(wake_word)
+    spelled = "".join(spoken)
+    if words is None:
+        words, _ = vocabulary()
+    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in spoken]
+    rank = {w: i for i, w in enumerate(words)}
+    target = phonemes([" ".join(spoken)])[0]
+    if count <= 0 or len(target) < 2 * min_part:
+        return []
+    sounds = [(w, s) for w, s in zip(words, _cached_phonemes(words, cache_dir)) if s]
+    found: list[tuple[float, str, str]] = []
+    for split in range(min_part, len(target) - min_part + 1):
+        head, tail = target[:split], target[split:]
+        # A word must hold more than the part it lends, or it would be a whole-word sound-alike.
+        ends = sorted((phoneme_distance(head, s, skip_start=True), w) for w, s in sounds if len(s) > 1)
+        starts = sorted((phoneme_distance(tail, s, skip_end=True), w) for w, s in sounds if len(s) > 1)
+        for d1, first in ends[:candidates]:
+            for d2, second in starts[:candidates]:
+                found.append((round((d1 + d2) / len(target), 3), first, second))
+    found.sort(key=lambda f: (f[0], rank[f[1]] + rank[f[2]]))
+    chosen: list[SoundAlike] = []
+    used: list[str] = []
+    for distance, first, second in found:
+        if len(chosen) >= count or distance > max_distance:
+            break
+        if distance < _CONTAINS_WAKE_WORD or any(_related(w, u) for w in (first, second) for u in used):
+            continue
+        used += [first, second]
+        chosen.append(SoundAlike(f"{first} {second}", round(distance, 3), "across"))
+    return chosen
 
 
 def _related(a: str, b: str) -> bool:

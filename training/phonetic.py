@@ -9,7 +9,10 @@ distance between phoneme strings, two ways:
 
 * ``whole``: the word against the wake word, end to end ("commuter", "completed");
 * ``inside``: the wake word against the closest stretch of a longer word
-  ("Alexander" holds something close to "alexa").
+  ("Alexander" holds something close to "alexa");
+* ``across`` (``sound_alike_phrases``): two words whose junction comes close,
+  the end of one to the wake word's start, the start of the next to its rest
+  ("camp utility").
 
 Words that hold the wake word itself ("computers") are left out: the model
 should fire on them. Phonemes are cached per espeak-ng version and vocabulary.
@@ -242,7 +245,7 @@ def sound_alike_phrases(wake_word: str, count: int, words: Sequence[str] | None 
     found: list[tuple[float, str, str]] = []
     for split in range(min_part, len(target) - min_part + 1):
         head, tail = target[:split], target[split:]
-        # A word must hold more than the part it lends, or it would be a whole-word sound-alike.
+        # One-phoneme words ("a", "I") are left out: they would pair with anything.
         ends = sorted((phoneme_distance(head, s, skip_start=True), w) for w, s in sounds if len(s) > 1)
         starts = sorted((phoneme_distance(tail, s, skip_end=True), w) for w, s in sounds if len(s) > 1)
         for d1, first in ends[:candidates]:

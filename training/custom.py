@@ -9,14 +9,15 @@ Data:
 
 * positives: the clips in ``samples_dir``, each cut to the window centred on its speech
   (found as ``kws record`` finds it in a file), with the recording's own background. A seeded ``holdout`` share is never
-  trained on: it chooses the checkpoint (validation accuracy), and gives the
-  held-out figures and the calibration's false rejects. Optional synthetic clips of
+  trained on: it is the validation set (with ``keep = "best"``, it chooses the
+  checkpoint), and gives the held-out figures and the calibration's false rejects. Optional synthetic clips of
   the word (``synth_clips``, ``training.synth``) join the training positives.
 * ``_unknown_``: Speech Commands words (all of them; training split for training,
   validation split for validation), windows of long-form speech (``negatives``:
   files are grouped by speaker folder and a seeded half of the groups is kept for
   calibration), the user's room recording, and near misses: TTS renderings of
-  parts of the word and of similar-sounding words (``near_miss_texts``).
+  parts of the word, of similar-sounding words and of two-word phrases that sound
+  like it across the word boundary (``near_miss_texts``).
 * ``_silence_`` and the noise mixed into clips: ``_background_noise_`` of Speech
   Commands, the ``noise`` folders and the room recording.
 

@@ -172,11 +172,9 @@ class CustomSettings:
         if not 0 < self.holdout < 1:
             raise ConfigError(f"--holdout {self.holdout:g}: give a share between 0 and 1, e.g. 0.2")
         if min(self.synth_clips, self.near_miss_clips, self.sound_alikes, self.sound_alike_phrases,
-               self.synth_speech_s) < 0:
-            raise ConfigError("--synth, --near-misses, sound_alikes, sound_alike_phrases and synth_speech_s "
-                              "must not be negative")
-        if self.synthetic_rooms < 0:
-            raise ConfigError(f"synthetic_rooms {self.synthetic_rooms}: must not be negative")
+               self.synth_speech_s, self.synthetic_rooms) < 0:
+            raise ConfigError("--synth, --near-misses, sound_alikes, sound_alike_phrases, synth_speech_s and "
+                              "synthetic_rooms must not be negative")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:

@@ -21,6 +21,7 @@ should fire on them. Phonemes are cached per espeak-ng version and vocabulary.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import re
@@ -178,6 +179,19 @@ class SoundAlike:
     """``whole``, ``inside`` or ``across`` (a two-word phrase)."""
 
 
+def _target_and_candidates(wake_word: str, words: Sequence[str] | None,
+                           cache_dir: Path | None) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The wake word's phonemes, and (word, phonemes) of ``words`` (default ``vocabulary()``, in its order)
+    that espeak-ng could read, leaving out the wake word's own words and any word spelled with it."""
+    spoken = _spoken(wake_word)
+    spelled = "".join(spoken)
+    if words is None:
+        words, _ = vocabulary()
+    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in spoken]
+    sounds = _cached_phonemes(words, cache_dir)
+    return phonemes([" ".join(spoken)])[0], [(w, s) for w, s in zip(words, sounds) if s]
+
+
 def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
                  cache_dir: Path | None = None, max_distance: float = 0.5) -> list[SoundAlike]:
     """Up to ``count`` words of ``words`` (default ``vocabulary()``) that sound most like ``wake_word``.
@@ -186,18 +200,13 @@ def sound_alikes(wake_word: str, count: int, words: Sequence[str] | None = None,
     ``max_distance``; words holding the wake word, or spelled with it, are left out.
     Raises OSError without espeak-ng.
     """
-    spoken = _spoken(wake_word)
-    text, spelled = " ".join(spoken), "".join(spoken)
-    if words is None:
-        words, _ = vocabulary()
-    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in spoken]
-    target = phonemes([text])[0]
-    if not target or count <= 0:
+    if count <= 0:
+        return []
+    target, candidates = _target_and_candidates(wake_word, words, cache_dir)
+    if not target:
         return []
     ranked: dict[str, list[tuple[float, str]]] = {"whole": [], "inside": []}
-    for word, sounds in zip(words, _cached_phonemes(words, cache_dir)):
-        if not sounds:
-            continue
+    for word, sounds in candidates:
         inside = phoneme_distance(target, sounds, inside=True) / len(target)
         if inside < _CONTAINS_WAKE_WORD:
             continue
@@ -232,24 +241,20 @@ def sound_alike_phrases(wake_word: str, count: int, words: Sequence[str] | None 
     that it would be the wake word itself, and no word serves in two of them. Raises
     OSError without espeak-ng.
     """
-    spoken = _spoken(wake_word)
-    spelled = "".join(spoken)
-    if words is None:
-        words, _ = vocabulary()
-    words = [w for w in dict.fromkeys(words) if spelled not in w and w not in spoken]
-    rank = {w: i for i, w in enumerate(words)}
-    target = phonemes([" ".join(spoken)])[0]
-    if count <= 0 or len(target) < 2 * min_part:
+    if count <= 0:
         return []
-    sounds = [(w, s) for w, s in zip(words, _cached_phonemes(words, cache_dir)) if s]
+    target, sounds = _target_and_candidates(wake_word, words, cache_dir)
+    if len(target) < 2 * min_part:
+        return []
+    rank = {w: i for i, (w, _) in enumerate(sounds)}
+    sounds = [(w, s) for w, s in sounds if len(s) > 1]  # one-phoneme words ("a", "I") would pair with anything
     found: list[tuple[float, str, str]] = []
     for split in range(min_part, len(target) - min_part + 1):
         head, tail = target[:split], target[split:]
-        # One-phoneme words ("a", "I") are left out: they would pair with anything.
-        ends = sorted((phoneme_distance(head, s, skip_start=True), w) for w, s in sounds if len(s) > 1)
-        starts = sorted((phoneme_distance(tail, s, skip_end=True), w) for w, s in sounds if len(s) > 1)
-        for d1, first in ends[:candidates]:
-            for d2, second in starts[:candidates]:
+        ends = heapq.nsmallest(candidates, ((phoneme_distance(head, s, skip_start=True), w) for w, s in sounds))
+        starts = heapq.nsmallest(candidates, ((phoneme_distance(tail, s, skip_end=True), w) for w, s in sounds))
+        for d1, first in ends:
+            for d2, second in starts:
                 found.append((round((d1 + d2) / len(target), 3), first, second))
     found.sort(key=lambda f: (f[0], rank[f[1]] + rank[f[2]]))
     chosen: list[SoundAlike] = []

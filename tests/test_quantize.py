@@ -36,8 +36,10 @@ def _model(frames: int):
     x = keras.layers.Conv2D(8, (3, 3), activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(3)(x)  # scores, not probabilities: no softmax to flatten the error
-    keras.utils.set_random_seed(0)
-    return keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(5)  # weights of our own: the same model whatever Keras' seeds are
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
 
 
 def _input_range(content: bytes) -> tuple[float, float]:
@@ -64,7 +66,7 @@ def test_digital_silence_no_longer_coarsens_the_input_step():
     expected = model.predict(np.stack(sounds)[..., None], verbose=0)
     errors = [np.abs(np.stack([Classifier(make_interpreter(c, 1)).predict(s) for s in sounds]) - expected).mean()
               for c in (plain, floored)]
-    assert errors[1] < 0.8 * errors[0]
+    assert errors[1] < 0.8 * errors[0], errors
     classifier = Classifier(make_interpreter(floored, 1))
     at_floor = np.maximum(silence, np.float32(floor))
     np.testing.assert_array_equal(classifier.predict(silence), classifier.predict(at_floor))

@@ -25,7 +25,7 @@ _QUIET_S = 1.0
 
 
 def input_floor(features: FeatureSettings) -> float:
-    """The lowest feature of 16-bit quantization noise (half a step rms): the quietest audio a 16-bit
+    """The lowest feature of 16-bit quantization noise (uniform within half a step): the quietest audio a 16-bit
     microphone gives. Seeded, so the same settings give the same floor."""
     step = 2.0 ** -15
     noise = np.random.default_rng(0).uniform(-step / 2, step / 2, int(_QUIET_S * features.sample_rate_hz))

@@ -55,8 +55,8 @@ def test_digital_silence_no_longer_coarsens_the_input_step():
     model = _model(silence.shape[0])
     floor = input_floor(FEATURES)
 
-    plain = quantize_int8(model, representative)
-    floored = quantize_int8(model, representative, floor)
+    plain = quantize_int8(model, representative, None)
+    floored = quantize_int8(model, representative, FEATURES)
     (plain_low, plain_step), (low, step) = _input_range(plain), _input_range(floored)
     assert abs(plain_low - representative.min()) < plain_step  # digital silence set the range...
     assert abs(low - floor) < step  # ...now the quietest 16-bit audio does

@@ -983,7 +983,7 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                timer: StageTimer | None = None) -> dict:
     """Train, quantize, evaluate, export and calibrate; returns the figures of the model card."""
     from training.evaluate import predict_float, predict_tflite, report, save_confusion, score
-    from training.quantize import input_floor, quantize_int8
+    from training.quantize import quantize_int8
     from training.train import train
 
     timer = timer or StageTimer()
@@ -1026,8 +1026,7 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     train_s = time.perf_counter() - train_started
 
     with timer.stage("quantize"):
-        representative = _representative(corpus, train_settings)
-        content = quantize_int8(model, representative, input_floor(train_settings.features))
+        content = quantize_int8(model, _representative(corpus, train_settings), train_settings.features)
     atomic_write(run_dir / "model_int8.tflite", content)
 
     with timer.stage("evaluate"):

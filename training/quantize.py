@@ -32,14 +32,16 @@ def input_floor(features: FeatureSettings) -> float:
     return float(Mfcc(features).compute(noise.astype(np.float32)).min())
 
 
-def quantize_int8(model, representative: np.ndarray, floor: float | None = None) -> bytes:
+def quantize_int8(model, representative: np.ndarray, features: FeatureSettings | None) -> bytes:
     """An int8-in, int8-out ``.tflite`` of a Keras model; ``representative`` is ``(n, frames, coeffs)``.
 
-    With ``floor``, the representative windows are raised to it, so the input's int8 range starts there."""
+    ``features`` are the settings the windows were computed with: they are raised to ``input_floor(features)``
+    first, so the input's int8 range starts there. None leaves the windows as they are."""
     import tensorflow as tf
 
     representative = np.asarray(representative, np.float32)
-    if floor is not None and representative.size:
+    if features is not None and representative.size:
+        floor = input_floor(features)
         _LOGGER.info("int8 input: windows from %.1f raised to the floor %.1f", float(representative.min()), floor)
         representative = np.maximum(representative, np.float32(floor))
 

@@ -114,7 +114,7 @@ def _corpus(run: Run, timer: StageTimer) -> tuple[TrainSettings, Corpus]:
 
 
 def step_quantize(run: Run, timer: StageTimer, representative: int = 500) -> Path:
-    from training.quantize import input_floor, quantize_int8
+    from training.quantize import quantize_int8
 
     train_settings, corpus = _corpus(run, timer)
     model = run.load_keras()
@@ -124,7 +124,7 @@ def step_quantize(run: Run, timer: StageTimer, representative: int = 500) -> Pat
         windows, _ = maker.epoch(np.random.default_rng(train_settings.seed + 1))
         windows = windows[:representative]
     with timer.stage("quantize"):
-        content = quantize_int8(model, windows, input_floor(train_settings.features))
+        content = quantize_int8(model, windows, train_settings.features)
     path = run.dir / "model_int8.tflite"
     atomic_write(path, content)
     _LOGGER.info("wrote %s (%d bytes)", path, len(content))

@@ -117,3 +117,17 @@ def test_a_missing_data_folder_is_one_error_line(tmp_path):
                    "--out", str(tmp_path / "out"))
     line = one_error_line(result, "bench_runtime")
     assert "nowhere" in line and "--librispeech" in line
+
+
+def test_benchmark_speed_compares_models_side_by_side():
+    """``benchmark_speed.py`` with two bundles: a block per model and the second's cost as ratios to the first."""
+    script = ROOT / "scripts" / "benchmark_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--model", "kws12", "--model", "computer",
+                             "--seconds", "2", "--repeats", "2"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("model ")] == ["kws12", "computer"]
+    ratio = [line for line in lines if line.startswith("computer / kws12:")]
+    assert len(ratio) == 1, result.stdout
+    invoke, spotter = (float(part.split("x")[-1]) for part in ratio[0].split(":")[1].split(","))
+    assert invoke > 0 and spotter > 0, ratio

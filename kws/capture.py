@@ -43,9 +43,16 @@ class CaptureSettings:
     sample_rate_hz: int = 16000
     """Rate of the audio stream (and of the clips)."""
     pre_roll_s: float = 1.5
-    """Audio kept before the detection time (the end of the window that fired)."""
+    """Audio kept before the detection time (the end of the window that fired); ``for_spotter`` makes it at
+    least everything the detection depended on."""
     post_roll_s: float = 0.5
     """Audio kept after it; a clip is written once this much has arrived, or at the end of the stream."""
+
+    @classmethod
+    def for_spotter(cls, directory: Path, spotter) -> "CaptureSettings":
+        """Settings for a ``MultiSpotter``'s detections: its rate, and a pre-roll of at least its ``heard_s``."""
+        return cls(directory, sample_rate_hz=spotter.sample_rate_hz,
+                   pre_roll_s=max(cls.pre_roll_s, round(spotter.heard_s, 3)))
 
     @property
     def pre_roll_samples(self) -> int:

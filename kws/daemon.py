@@ -425,7 +425,7 @@ class Daemon:
             if config.hooks.commands:
                 actions.append(same(HookAction, config.hooks) or HookAction(config.hooks))
             if save_dir is not None:
-                capture = CaptureSettings(Path(save_dir), sample_rate_hz=spotter.sample_rate_hz)
+                capture = CaptureSettings.for_spotter(Path(save_dir), spotter)
                 # a new ClipWriter checks its folder now, before the microphone opens (or the reload is done)
                 actions.append(same(ClipWriter, capture) or ClipWriter(capture))
             keywords = {h.bundle.name: h.settings.keywords or h.bundle.keywords for h in spotter.heads}
@@ -438,7 +438,7 @@ class Daemon:
     def _new_collector(self, g: _Generation, start_sample: int):
         from kws.capture import CaptureSettings, ClipCollector
 
-        return ClipCollector(CaptureSettings(g.save_dir, sample_rate_hz=g.spotter.sample_rate_hz), start_sample)
+        return ClipCollector(CaptureSettings.for_spotter(g.save_dir, g.spotter), start_sample)
 
     def _start_reload(self) -> None:
         self._reload_requested = False

@@ -29,7 +29,9 @@ class DetectorSettings:
     stride_ms: float = 100.0
     """Audio between two inferences; rounded to whole feature hops."""
     smoothing_s: float = 0.3
-    """Probabilities are averaged over the inferences of this span (0 = no smoothing)."""
+    """Probabilities are averaged over the inferences of this span (0 = no smoothing). Until a whole span has
+    been heard (after the start or ``reset``), the inferences not yet made count as zero, as if the stream had
+    begun after silence: the first window of a stream needs the whole span's evidence, as any other does."""
     refractory_s: float = 1.0
     """After a detection, nothing fires for this long."""
     keywords: tuple[str, ...] | None = None
@@ -99,9 +101,12 @@ class Detector:
         return self.decide(self.smooth(probabilities), offset_s)
 
     def smooth(self, probabilities: np.ndarray) -> np.ndarray:
-        """Add one inference's probabilities to the history; the smoothed scores of every label."""
+        """Add one inference's probabilities to the history; the smoothed scores of every label.
+
+        The sum over the history divided by the whole span (``smoothing_steps``): inferences before the
+        start count as zero."""
         self._history.append(np.asarray(probabilities, np.float32))
-        return np.mean(self._history, axis=0)
+        return np.sum(self._history, axis=0) / np.float32(self._history.maxlen)
 
     def decide(self, smoothed: np.ndarray, offset_s: float) -> Detection | None:
         """Thresholds, re-arming and the refractory period on one inference's smoothed scores (every label).

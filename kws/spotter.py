@@ -191,6 +191,11 @@ class MultiSpotter:
         """The longest model window: silence to feed after a stream so every model hears its end."""
         return max(head.bundle.window_s for head in self.heads)
 
+    @property
+    def heard_s(self) -> float:
+        """The longest audio a detection can depend on: a model's window plus its smoothing span."""
+        return max(head.bundle.window_s + head.settings.smoothing_s for head in self.heads)
+
     def reset(self) -> None:
         for front_end in self.front_ends:
             front_end.reset()

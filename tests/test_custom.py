@@ -127,6 +127,7 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert calibration["threshold"] == bundle.thresholds["computer"]
     assert set(calibration["frr"]) == {"clean"} | {condition_name(s) for s in (20.0, 10.0, 5.0, 0.0)}
     assert calibration["positives"]["clips"] == 3 and calibration["negative_hours"] > 0
+    assert bundle.smoothing_s == custom.DEFAULT_SMOOTHING_S == calibration["detector"]["smoothing_s"]  # calibrated for it
 
     settings = json.loads((run / "settings.json").read_text())
     split = settings["split"]
@@ -228,6 +229,22 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
     assert figures["held_out_positives"] == 5 and figures["det"] and figures["negative_hours"] > 0
     assert f"{figures['at_target']['frr']['clean']:.1%}" in out
     assert len(list((tmp_path / "run" / "samples").iterdir())) == 8
+
+    # the same bundle measured again at another smoothing span: its split made again, a copy calibrated, no training
+    again = subprocess.run(
+        [sys.executable, "scripts/benchmark_wakeword.py", str(word), "--count", "8", "--seed", "0",
+         "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--noise", str(root / "_background_noise_"),
+         "--bundle", str(tmp_path / "run" / "models" / "computer.json"), "--smoothing-s", "0.5",
+         "--run-dir", str(tmp_path / "again")], capture_output=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr.decode()[-4000:]
+    assert "no training" in again.stdout.decode() and "5 held-out recordings" in again.stdout.decode()
+    original, copy = (load_bundle(tmp_path / d / "models" / "computer.json") for d in ("run", "again"))
+    assert original.smoothing_s == custom.DEFAULT_SMOOTHING_S and copy.smoothing_s == 0.5
+    assert copy.calibration["previous_smoothing_s"] == custom.DEFAULT_SMOOTHING_S and copy.sha256 == original.sha256
+    assert copy.calibration["negative_hours"] == original.calibration["negative_hours"]  # the same held-out negatives
+    split = [json.loads((tmp_path / d / "settings.json").read_text())["split"] for d in ("run", "again")]
+    assert split[0]["negatives_calibration"] == split[1]["negatives_calibration"]
+    assert [Path(p).name for p in split[0]["positives_holdout"]] == [Path(p).name for p in split[1]["positives_holdout"]]
 
     few = subprocess.run([sys.executable, "scripts/benchmark_wakeword.py", str(word), "--count", "9",
                           "--noise", str(root / "_background_noise_")], capture_output=True, timeout=120, cwd=ROOT)

@@ -58,6 +58,19 @@ def test_smoothing_ignores_a_one_step_spike():
     assert run(Detector(LABELS, settings(smoothing_s=0.3)), sustained) == [("yes", 0.7)]
 
 
+def test_a_spike_at_the_start_of_a_stream_is_smoothed_as_any_other():
+    """The inferences before the start count as zero: a stream's (or a file's) first window does not fire alone."""
+    spike_first = [scores(yes=0.99)] + [scores()] * 5
+    assert run(Detector(LABELS, settings(smoothing_s=0.3)), spike_first) == []
+    assert run(Detector(LABELS, settings(smoothing_s=0.0)), spike_first) == [("yes", 0.0)]
+    sustained_first = [scores(yes=0.99)] * 3 + [scores()] * 5
+    assert run(Detector(LABELS, settings(smoothing_s=0.3)), sustained_first) == [("yes", 0.2)]
+    detector = Detector(LABELS, settings(smoothing_s=0.3))
+    run(detector, [scores(yes=0.99)] * 2)
+    detector.reset()
+    assert run(detector, [scores(yes=0.99)]) == [], "reset empties the span again"
+
+
 def test_refractory_period_blocks_a_second_word():
     rows = [scores(yes=0.9)] * 2 + [scores()] * 3 + [scores(no=0.9)] * 2 + [scores()] * 10 + [scores(no=0.9)]
     fired = run(Detector(LABELS, settings(refractory_s=1.0)), rows)

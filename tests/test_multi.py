@@ -336,3 +336,14 @@ def test_read_only_capture_folder_is_one_line_error(stream, tmp_path):
     finally:
         directory.chmod(0o755)
     assert f"cannot save detections in {directory}: Permission denied" in line
+
+
+def test_captures_keep_everything_a_detection_depended_on():
+    """The pre-roll is at least each model's window plus its smoothing span (the wake word averages over 1.2 s)."""
+    kws12, computer = load_bundle(DEFAULT_MODEL), load_bundle("computer")
+    assert computer.window_s + computer.smoothing_s > PRE_S > kws12.window_s + kws12.smoothing_s
+    for bundles, expected in (([kws12], PRE_S), ([kws12, computer], computer.window_s + computer.smoothing_s)):
+        spotter = MultiSpotter([ModelHead(b, detector_settings_for(b)) for b in bundles])
+        settings = CaptureSettings.for_spotter(Path("unused"), spotter)
+        assert settings.pre_roll_s == pytest.approx(expected, abs=1e-3)
+        assert settings.sample_rate_hz == SAMPLE_RATE_HZ and settings.post_roll_s == POST_S

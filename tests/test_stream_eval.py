@@ -157,9 +157,15 @@ def test_calibrate_writes_the_threshold_and_a_record_into_a_copy(inputs, evaluat
     original = load_bundle(DEFAULT_MODEL)
     copy = tmp_path / "kws12.json"
     result = kws_train("calibrate", str(copy), "--negatives", str(inputs["libri"]), str(inputs["noise"]),
-                       "--positives", str(inputs["yes"]), "--noise", str(inputs["noise"]), "--snr", "10", "0")
+                       "--positives", str(inputs["yes"]), "--noise", str(inputs["noise"]), "--snr", "10", "0",
+                       "--smoothing-s", "0.5")
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     bundle = load_bundle(copy)
+    # the threshold holds for the span it was chosen with: calibrate writes that span into the bundle
+    assert bundle.smoothing_s == 0.5 != original.smoothing_s
+    assert bundle.calibration["detector"]["smoothing_s"] == 0.5
+    assert bundle.calibration["previous_smoothing_s"] == original.smoothing_s
+    replayer = se.Replayer(bundle, detector_settings_for(bundle), replayer.negatives)
     calibration = bundle.calibration
     threshold = calibration["threshold"]
     assert set(bundle.thresholds.values()) == {threshold} and set(bundle.thresholds) == set(original.keywords)

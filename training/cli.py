@@ -212,7 +212,8 @@ def _custom_settings(args):
                         ("synth", "synth_clips"), ("near_misses", "near_miss_clips"), ("engines", "engines"),
                         ("holdout", "holdout"), ("seed", "seed"), ("window_s", "window_s"),
                         ("hard_negative_epochs", "hard_negative_epochs"),
-                        ("target_fa_per_hour", "target_fa_per_hour"), ("name", "name"), ("out", "out_dir"),
+                        ("target_fa_per_hour", "target_fa_per_hour"), ("smoothing_s", "smoothing_s"),
+                        ("name", "name"), ("out", "out_dir"),
                         ("cache", "cache_dir")):
         value = getattr(args, option)
         if value is not None:
@@ -428,6 +429,8 @@ def _add_stream_options(p: argparse.ArgumentParser, negatives_required: bool) ->
     p.add_argument("--stride-ms", type=float, default=100.0, help="audio between inferences (default 100)")
     p.add_argument("--target-fa-per-hour", type=float, default=0.5,
                    help="false accepts per hour allowed on the negatives (default 0.5)")
+    p.add_argument("--smoothing-s", type=float, help="span of score averaging (default: the bundle's; calibrate "
+                   "writes it into the bundle with the threshold)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="run folder with model.keras whose conv weights start training, or 'none' "
                    "(default: the bundled default model's run folder, models/kws12-run)")
     p.add_argument("--target-fa-per-hour", type=float, help="calibration target (default 0.5)")
+    p.add_argument("--smoothing-s", type=float, help="the bundle's score averaging span, which the threshold is "
+                   "calibrated for (default 1.2)")
     p.add_argument("--name", help="bundle name (default: the word)")
     p.add_argument("--out", type=Path, help="folder for the bundle (default models/)")
     p.add_argument("--cache", type=Path, help="folder for decoded Speech Commands audio (default: none)")
@@ -528,7 +533,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_options(p, negatives_required=False)
     p.add_argument("--out", type=Path, default=None, help="folder for det.png and stream_eval.json "
                    "(default stream_eval_<bundle name>)")
-    p.add_argument("--smoothing-s", type=float, help="span of score averaging (default: the bundle's)")
     p.add_argument("--refractory-s", type=float, help="quiet time after a detection (default: the bundle's)")
     p.add_argument("--threshold", type=float, help="one threshold for every keyword (default: the bundle's)")
     p.set_defaults(func=cmd_evaluate_stream)

@@ -98,8 +98,9 @@ class StreamEvalSettings:
     """At most this many clips, evenly spread over the sorted list (0 = all)."""
     stride_ms: float = DEFAULT_STRIDE_MS
     """Audio between two inferences, as the runtime's ``--stride-ms``."""
-    lowest_threshold: float = 0.5
-    """The lowest threshold tried."""
+    lowest_threshold: float = 0.1
+    """The lowest threshold tried. Low for a long smoothing span: a word is whole in the window for only part
+    of a wake-word bundle's 1.2 s, so its averaged score stays well below its peak."""
     threshold_step: float = 0.001
     """Step of the calibration grid (up to 0.999); the DET curve takes every tenth."""
 
@@ -647,7 +648,7 @@ def threshold_for_rate(replayer: Replayer, target_fa_per_hour: float = DEFAULT_T
     fall with the threshold almost always; re-arming can make exceptions). With
     H hours of negatives one false accept is 1/H per hour, so a target below that
     means no false accept at all. ``thresholds`` default: the candidates of
-    ``Replayer.candidate_thresholds`` on a 0.5..0.999 grid by 0.001; any above
+    ``Replayer.candidate_thresholds`` on a 0.1..0.999 grid by 0.001; any above
     ``Replayer.highest_threshold`` are dropped.
     """
     if not replayer.negatives or replayer.hours <= 0:
@@ -719,7 +720,8 @@ def save_det(replayer: Replayer, sweep: Sequence[OperatingPoint], marks: Mapping
 
 def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSettings, negatives: Negatives,
                       positives: Positives | None = None, at_threshold: OperatingPoint | None = None) -> dict:
-    """Put the threshold into the bundle's manifest for every keyword, with a ``calibration`` record; atomic.
+    """Put the threshold into the bundle's manifest for every keyword, with ``settings.smoothing_s`` (which the
+    threshold was chosen for) and a ``calibration`` record; atomic.
 
     The ``.tflite`` is untouched. The manifest is read again as JSON (other fields
     and their order stay), written to a temporary file and renamed over the old one,
@@ -727,7 +729,9 @@ def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSet
     """
     manifest = json.loads(bundle.json_path.read_text(encoding="utf-8"))
     previous = dict(manifest["detector"].get("thresholds", {}))
+    previous_smoothing_s = manifest["detector"].get("smoothing_s")
     manifest["detector"]["thresholds"] = {k: rate.threshold for k in bundle.keywords}
+    manifest["detector"]["smoothing_s"] = settings.smoothing_s  # the threshold holds for this span only
     calibration = {
         "threshold": rate.threshold,
         "target_fa_per_hour": rate.target_fa_per_hour,
@@ -740,6 +744,7 @@ def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSet
         "detector": {"stride_ms": settings.stride_ms, "smoothing_s": settings.smoothing_s,
                      "refractory_s": settings.refractory_s},
         "previous_thresholds": previous,
+        "previous_smoothing_s": previous_smoothing_s,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "kws_version": kws.__version__,
     }

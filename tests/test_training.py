@@ -24,6 +24,26 @@ def test_loader_reads_the_official_layout(tiny_data):
     assert {c.label() for c in clips if c.word in UNKNOWN_WORDS} == {"_unknown_"}
 
 
+def test_runs_decoding_the_same_clips_at_once_share_the_cache_safely(tiny_data, tmp_path):
+    """Two runs with one ``--cache`` (the benchmark runs two at a time) each write under a temporary name of
+    their own; the cache they leave is whole, and read back the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.data import decode_clips
+
+    root, _ = tiny_data
+    paths = [c.path for c in scan_speech_commands(root)]
+    cache = tmp_path / "cache"
+    for _ in range(3):
+        for old in cache.glob("*"):
+            old.unlink()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: decode_clips(paths, cache, workers=1), range(4)))
+        assert all((r == results[0]).all() for r in results) and results[0].shape == (len(paths), 16000)
+        assert [p.suffix for p in cache.iterdir()] == [".npy"]  # one cache file, no temporary left
+        assert (decode_clips(paths, cache) == results[0]).all()
+
+
 def test_train_quantize_evaluate_export_then_run(tiny_data, tmp_path):
     root, test = tiny_data
     run, models = tmp_path / "run", tmp_path / "models"

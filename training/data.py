@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +146,11 @@ def decode_clips(paths: Sequence[Path], cache_dir: Path | None = None, workers: 
         audio = np.stack([_decode(p) for p in paths]) if paths else np.zeros((0, CLIP_SAMPLES), np.int16)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, audio)
-        os.replace(tmp, cache)
+        # a temporary name of its own: two runs decoding the same list at once must not share one
+        with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.stem + ".", suffix=".tmp",
+                                         delete=False) as tmp:
+            np.save(tmp, audio)
+        os.replace(tmp.name, cache)
     return audio
 
 

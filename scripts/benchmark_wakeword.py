@@ -124,14 +124,14 @@ def recalibrate(args: argparse.Namespace, run_dir: Path, samples: Path) -> dict:
     smoothing span of this run; its split is made again from them (the same seed gives the same held-out
     speakers and clips), and checked against the bundle's calibration record."""
     import dataclasses
-    import shutil as sh
 
     from kws.bundle import load_bundle
     from kws.errors import ConfigError
     from training import custom
+    from training.train import TrainSettings
 
     bundle = load_bundle(args.bundle)
-    record = bundle.training.get("custom") if isinstance(bundle.training, dict) else None
+    record = bundle.training.get("custom")
     if not record:
         raise ConfigError(f"{bundle.json_path} has no kws-train custom training record: give a bundle that "
                           "kws-train custom made, or leave out --bundle to train one")
@@ -146,11 +146,9 @@ def recalibrate(args: argparse.Namespace, run_dir: Path, samples: Path) -> dict:
                           f"{bundle.name} was calibrated with {before}: give the --count and --seed it was made with")
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     copy = settings.out_dir / bundle.json_path.name
-    sh.copyfile(bundle.json_path, copy)
-    sh.copyfile(bundle.tflite_path, settings.out_dir / bundle.tflite_path.name)
-    train = bundle.training.get("settings")
-    custom.save_settings(run_dir, settings, custom.TrainSettings.from_dict(train) if train else custom.TrainSettings(),
-                         inputs)
+    shutil.copyfile(bundle.json_path, copy)
+    shutil.copyfile(bundle.tflite_path, settings.out_dir / bundle.tflite_path.name)
+    custom.save_settings(run_dir, settings, TrainSettings.from_dict(bundle.training.get("settings", {})), inputs)
     calibration = custom.calibrate(copy, settings, inputs)
     return {"bundle": str(copy), "train_s": 0.0, "epochs": 0, "examples": {}, "calibration": calibration,
             "recalibrated": str(args.bundle)}
@@ -190,6 +188,12 @@ def evaluate(bundle_path: Path, run_dir: Path, held_out: list[Path], noise_folde
 def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s: float, stages: dict) -> str:
     rate, at_rate, at_cal = result["rate"], result["at_rate"], result["at_calibrated"]
     held = (figures.get("calibration") or {}).get("positives", {}).get("clips", 0)
+    kept = f"{held} of the {count} clips held out by the pipeline for its model card"
+    if figures.get("recalibrated"):
+        made = f"- no training: {figures['recalibrated']} calibrated again in {wall_s:.0f} s ({kept})"
+    else:
+        made = (f"- training: {wall_s:.0f} s wall for the whole pipeline ({figures['train_s']:.0f} s fitting, "
+                f"{figures['epochs']} epochs; {kept})")
     lines = [
         f"## Wake word '{word}': {count} training recordings (seed {seed}), "
         f"{result['positives']} held-out recordings",
@@ -205,11 +209,7 @@ def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s
         f"{at_cal.false_accepts} = {at_cal.fa_per_hour:.2f}/h",
         f"- target {rate.target_fa_per_hour:g} FA/h reachable: {'yes' if rate.target_met else 'NO (best threshold shown)'}"
         f" (one false accept = {rate.one_false_accept_per_hour:.2f}/h)",
-        f"- training: {wall_s:.0f} s wall for the whole pipeline ({figures['train_s']:.0f} s fitting, "
-        f"{figures['epochs']} epochs; {held} of the {count} clips held out by the pipeline for its model card)"
-        if not figures.get("recalibrated") else
-        f"- no training: {figures['recalibrated']} calibrated again in {wall_s:.0f} s ({held} of the {count} "
-        f"clips held out by the pipeline for its model card)",
+        made,
     ]
     if stages:
         lines.append("- stages (the prefetch stage overlaps fit): " + ", ".join(f"{name} {secs:.0f} s" for name, secs in

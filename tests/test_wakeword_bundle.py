@@ -24,10 +24,10 @@ GAP_S = 0.3
 
 @pytest.fixture(scope="module")
 def stream(shared_data):
-    return keyword_stream()
+    return wake_word_stream()
 
 
-def keyword_stream():
+def wake_word_stream():
     """Speech, a held-out recording, speech, ...: the audio and each recording's (start_s, end_s)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from benchmark_wakeword import pick_clips
@@ -37,7 +37,10 @@ def keyword_stream():
         free = [row["path"] for row in csv.DictReader(index)
                 if "COMPUTER" not in row["transcript"] and float(row["duration_s"]) > 2 * SPEECH_S]
     rng = np.random.default_rng(0)
-    floor = lambda seconds: (3e-4 * rng.standard_normal(int(seconds * SAMPLE_RATE_HZ))).astype(np.float32)  # noqa: E731
+
+    def floor(seconds: float) -> np.ndarray:
+        """A quiet room's noise floor between the parts."""
+        return (3e-4 * rng.standard_normal(int(seconds * SAMPLE_RATE_HZ))).astype(np.float32)
     parts, events, at = [], [], 0
     for i, path in enumerate(held_out[::len(held_out) // WORDS][:WORDS]):
         speech = read_audio(LIBRISPEECH / free[i * 7], SAMPLE_RATE_HZ)

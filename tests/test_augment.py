@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.augment import (AugmentSettings, add_reverb, augment, change_speed, random_noise_cuts, spec_augment,
-                              synthetic_room_responses, time_shift)
+                              synthetic_room_responses, time_shift, whispered)
 
 RATE = 16000
 
@@ -126,3 +126,39 @@ def test_spec_augment_masks_bands_with_the_mean():
 def test_bad_ranges_are_refused():
     with pytest.raises(ValueError, match="speed_range"):
         AugmentSettings(speed_range=(1.2, 0.8))
+
+
+def harmonicity(x: np.ndarray, f0_hz: float) -> float:
+    """Power at the harmonics of ``f0_hz`` over the power halfway between them, 300 to 1800 Hz."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size))) ** 2
+    hz = np.fft.rfftfreq(x.size, 1 / RATE)
+    near = lambda centres: np.mean([spectrum[np.abs(hz - c) <= 10].mean() for c in centres])  # noqa: E731
+    harmonics = np.arange(2, 13) * f0_hz
+    return float(near(harmonics) / near(harmonics + f0_hz / 2))
+
+
+def test_whispered_keeps_the_envelope_and_loses_the_pitch():
+    # A 150 Hz voice with two formants (500 and 1500 Hz): harmonics weighted by the envelope.
+    t = np.arange(RATE // 2) / RATE
+    harmonics = np.arange(1, 50) * 150.0
+    envelope = np.exp(-(((harmonics - 500) / 150) ** 2)) + 0.5 * np.exp(-(((harmonics - 1500) / 200) ** 2)) + 0.01
+    voice = (envelope[:, None] * np.sin(2 * np.pi * harmonics[:, None] * t)).sum(axis=0)
+    voice = (0.2 * voice / np.abs(voice).max()).astype(np.float32)
+    rng = np.random.default_rng(5)
+    out = whispered((np.stack([voice, voice]) * 32767).astype(np.int16), rng)
+    assert out.shape == (2, voice.size) and out.dtype == np.float32
+    assert not np.array_equal(out[0], out[1])  # fresh noise for every copy
+    middle = slice(1000, voice.size - 1000)
+    assert harmonicity(voice[middle], 150) > 100
+    assert max(harmonicity(row[middle], 150) for row in out) < 3
+    rms = lambda x: np.sqrt(np.mean(np.square(x, dtype=np.float64)))  # noqa: E731
+    assert all(abs(rms(row) / rms(voice) - 1) < 0.02 for row in out)
+    # The formants stay where they were, and the low frequencies lose the glottal pulses' weight.
+    def share(x: np.ndarray, low: float, high: float) -> float:
+        spectrum = np.abs(np.fft.rfft(x[middle] * np.hanning(x[middle].size))) ** 2
+        hz = np.fft.rfftfreq(x[middle].size, 1 / RATE)
+        return spectrum[(hz >= low) & (hz < high)].sum() / spectrum.sum()
+
+    first, second, between = (300, 700), (1300, 1700), (900, 1100)
+    assert share(out[0], *first) > 3 * share(out[0], *between) and share(out[0], *second) > 3 * share(out[0], *between)
+    assert share(out[0], *first) / share(out[0], *second) < share(voice, *first) / share(voice, *second) / 2

@@ -73,7 +73,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -160,6 +160,11 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
     assert "reverb in made-up rooms" in (run / "computer.md").read_text()  # synthetic_rooms = 3, no --rir
+    examples = settings["examples"]  # whisper_share = 0.5: half the word's and half the _unknown_ training examples
+    assert examples["whispered positives"] == round(0.5 * sum(examples[k] for k in (
+        "positives (yours)", "synthetic positives", "positives (yours, repeated)") if k in examples))
+    unknown = ("Speech Commands words", "speech windows", "near misses")
+    assert examples["whispered _unknown_"] == round(0.5 * sum(examples.get(k, 0) for k in unknown))
 
     detected = run_kws("detect", "--model", str(models / "computer.json"), "--json",
                        split["positives_holdout"][0])

@@ -104,3 +104,16 @@ def test_running_speech_is_read_by_each_engine_in_turn_and_cached(tmp_path: Path
     again = synth.render_speech(texts, tmp_path, engines, seed=4)
     assert {f: f.stat().st_mtime_ns for f in sorted(tmp_path.glob("*.wav"))} == stamps  # nothing rendered again
     assert all(np.array_equal(a, b) for a, (_, b) in zip(first, again))
+
+
+def test_the_train_extra_brings_the_piper_voice(tmp_path: Path) -> None:
+    """``pip install '.[train]'`` installs piper and its voice, so ``kws-train custom --synth`` has a neural voice."""
+    pytest.importorskip("tensorflow", reason="without the [train] extra")
+    assert "piper" in synth.available_engines()
+    settings = synth.SynthSettings(words=("computer",), out_dir=tmp_path, engines=("piper",), clips_per_word=3, seed=1)
+    paths = synth.synthesize(settings)
+    assert len(paths) == 3 and all(p.name.startswith("piper_en_US-joe-medium_") for p in paths)
+    for path in paths:
+        audio, rate = sf.read(str(path), dtype="float32")
+        assert rate == 16000 and audio.size == int(round(settings.clip_s * rate))
+        assert 0.09 <= np.abs(audio).max() <= 0.91

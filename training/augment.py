@@ -206,3 +206,37 @@ def augment(
     level = np.where(is_silence, silence_levels(len(x), settings, rng), level)
     x = np.where(is_silence[:, None], 0.0, x) + level[:, None].astype(np.float32) * cuts
     return np.clip(x, -1.0, 1.0)
+
+
+def whispered(audio: np.ndarray, rng: np.random.Generator, n_fft: int = 512, hop: int = 128,
+              lifter: int = 24, tilt_hz: tuple[float, float] = (250.0, 3000.0)) -> np.ndarray:
+    """Whispered float32 copies of the rows of ``audio`` (int16 or float): the voice without its pitch.
+
+    Each 32-ms frame keeps its spectral envelope (the real cepstrum cut to its first ``lifter``
+    coefficients, 1.5 ms at 16 kHz: the vocal tract, not the glottal harmonics) and takes
+    random noise as the excitation, as whispered speech does. A whisper has no glottal pulses,
+    whose spectrum falls with frequency, so its low frequencies are weak: the envelope rises by
+    6 dB per octave between ``tilt_hz`` (flat outside). Overlap-added, each row at the RMS of
+    the original.
+    """
+    x = np.asarray(audio, np.float32) / (32768.0 if np.issubdtype(audio.dtype, np.integer) else 1.0)
+    rows, samples = x.shape
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    pad = np.pad(x, ((0, 0), (n_fft, n_fft)))
+    starts = np.arange(0, pad.shape[1] - n_fft + 1, hop)
+    frames = pad[:, starts[:, None] + np.arange(n_fft)] * window
+    log_magnitude = np.log(np.abs(np.fft.rfft(frames, axis=-1)) + 1e-7)
+    cepstrum = np.fft.irfft(log_magnitude, n=n_fft, axis=-1)
+    cepstrum[..., lifter : n_fft - lifter + 1] = 0
+    hz = np.fft.rfftfreq(n_fft, 1 / 16000)
+    envelope = np.exp(np.fft.rfft(cepstrum, axis=-1).real) * np.clip(hz, *tilt_hz) / tilt_hz[1]
+    excitation = rng.standard_normal(envelope.shape + (2,)).astype(np.float32).view(np.complex64)[..., 0]
+    out_frames = np.fft.irfft(envelope * excitation, n=n_fft, axis=-1) * window
+    out = np.zeros_like(pad)
+    norm = np.zeros(pad.shape[1], np.float32)
+    for k, start in enumerate(starts):
+        out[:, start : start + n_fft] += out_frames[:, k]
+        norm[start : start + n_fft] += window**2
+    out = out[:, n_fft : n_fft + samples] / np.maximum(norm[n_fft : n_fft + samples], 1e-3)
+    out *= (_rms(x) / _rms(out))[:, None]
+    return np.clip(out, -1.0, 1.0).astype(np.float32)

@@ -114,6 +114,9 @@ class CustomSettings:
     sound_alike_phrases: int = 4
     """And this many two-word phrases that sound like the word across the word boundary ("camp utility");
     0 = none."""
+    whisper_share: float = 0.2
+    """Whispered copies (``augment.whispered``) of this share of the word's training examples and of the
+    ``_unknown_`` ones alike, so that a whisper is the word only when the word is whispered; 0 = none."""
     engines: tuple[str, ...] = ()
     """TTS engines for ``synth_clips`` and ``near_miss_clips``; () = every installed one."""
     holdout: float = 0.2
@@ -181,6 +184,8 @@ class CustomSettings:
                self.synth_speech_s, self.synthetic_rooms) < 0:
             raise ConfigError("--synth, --near-misses, sound_alikes, sound_alike_phrases, synth_speech_s and "
                               "synthetic_rooms must not be negative")
+        if not 0 <= self.whisper_share <= 1:
+            raise ConfigError(f"whisper_share {self.whisper_share:g}: give a share in [0, 1]")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
@@ -800,6 +805,16 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         # Long near misses ("compatibility", "camp utility") are kept: their middle is what sounds like the word.
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses", NEAR_MISS_CLIP_WINDOWS * inputs.window_s)
+    if settings.whisper_share:
+        from training.augment import whispered
+
+        rng = np.random.default_rng([settings.seed, 9])
+        with timer.stage("whisper"):
+            for k, what in ((keyword, "whispered positives"), (unknown, "whispered _unknown_")):
+                pool = np.concatenate([r for r, l, s in zip(rows, label, split) if l[0] == k and s[0] == "training"])
+                chosen = rng.permutation(len(pool))[: int(round(settings.whisper_share * len(pool)))]
+                for part in np.array_split(chosen, max(1, len(chosen) // 500)):
+                    add(_to_int16(whispered(pool[np.sort(part)], rng)), k, "training", what)
 
     corpus = Corpus(np.concatenate(rows), np.concatenate(label).astype(np.int64), np.concatenate(split), noise,
                     labels=labels, responses=responses)

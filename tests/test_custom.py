@@ -116,17 +116,17 @@ def test_transfer_copies_conv_weights_across_window_lengths(base_run):
     assert model.get_layer("logits").units == 3 and not model.layers[1].trainable
 
 
-def test_the_bigger_shipped_base_is_found_by_name_and_fits_a_wake_word_model():
+def test_the_default_base_is_the_bigger_shipped_one_and_fits_a_wake_word_model():
     import keras
 
     from training.models import build_model
 
-    run = custom.resolve_base("kws12m")
-    assert run == custom.resolve_base(None).parent / "kws12m-run"
+    run = custom.resolve_base(None)
+    assert run == custom.resolve_base("kws12m") and run.name == "kws12m-run"
     settings = custom.base_settings(run)
-    default = custom.base_settings(custom.resolve_base(None))
-    assert settings.architecture == "ds-cnn-m" and default.architecture == "ds-cnn-s"
-    assert settings.features == default.features == FeatureSettings()  # the runtime's front end, as kws12's
+    small = custom.base_settings(custom.resolve_base("kws12"))  # the bundled model's own float weights
+    assert settings.architecture == "ds-cnn-m" and small.architecture == "ds-cnn-s"
+    assert settings.features == small.features == FeatureSettings()  # the runtime's front end, as kws12's
     base = keras.models.load_model(run / "model.keras")
     model = build_model(settings.architecture, (73, 10), 3)
     copied = custom.transfer_weights(model, base, freeze_first_conv=True)
@@ -135,7 +135,7 @@ def test_the_bigger_shipped_base_is_found_by_name_and_fits_a_wake_word_model():
     for mine, theirs in zip(*weighted):  # layer names differ by the order models were built: pair by position
         for a, b in zip(mine.get_weights(), theirs.get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert model.count_params() > 5 * build_model(default.architecture, (73, 10), 3).count_params()
+    assert model.count_params() > 5 * build_model(small.architecture, (73, 10), 3).count_params()
 
 
 def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs):

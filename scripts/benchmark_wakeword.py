@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")
     parser.add_argument("--engines", nargs="+", help="TTS engines (default: all installed)")
     parser.add_argument("--hard-negative-epochs", type=int, metavar="N", help="second round on mined negatives")
-    parser.add_argument("--base", help="transfer base (default: kws-train custom's, kws12m; kws12 = the small one; 'none' = from scratch)")
+    parser.add_argument("--base", help="transfer base (default: kws-train custom's, kws12m; kws12 = the small one; "
+                        "'none' = from scratch)")
     parser.add_argument("--target-fa-per-hour", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, help="cache of decoded Speech Commands clips")
     parser.add_argument("--config", type=Path, help="TOML with [custom], [train], [augment] (as kws-train custom)")

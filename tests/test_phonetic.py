@@ -78,10 +78,23 @@ def test_near_miss_texts_take_the_sound_alikes():
     assert texts[: 9] == custom.near_miss_texts("computer")[:9]  # the spelled variants come first, as before
 
 
+def test_a_text_said_as_the_word_but_for_unstressed_vowels_is_no_near_miss():
+    assert phonetic.said_as_word("computer", ["computar", "compute", "commuter", "cumputer", "computer"]) == [
+        "computar", "computer"]  # "cumputer": espeak-ng stresses its first vowel; "compute" lacks the "-er"
+    assert phonetic.said_as_word("alexa", ["lexa", "alexo", "alex", "olexa", "lex"]) == ["lexa"]  # a swallowed schwa
+    assert phonetic.said_as_word("jarvis", ["jorvis", "charvis", "jarves"]) == []  # the stressed vowel, a consonant
+    assert phonetic.said_as_word("hey_pi", ["hay pi", "hey bi"]) == ["hay pi"]
+    assert custom.without_the_word("alexa", ["alex", "lexa", "alexander"]) == ["alex", "alexander"]
+
+
 def test_without_espeak_there_are_no_sound_alikes_and_one_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("PATH", str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="training.custom"):
         assert custom.find_sound_alikes("computer", 8, None) == []
+    assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="training.custom"):
+        assert custom.without_the_word("computer", ["computar", "compu"]) == ["computar", "compu"]
     assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()
 
 

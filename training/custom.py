@@ -17,7 +17,8 @@ Data:
   files are grouped by speaker folder and a seeded half of the groups is kept for
   calibration), the user's room recording, and near misses: TTS renderings of
   parts of the word, of similar-sounding words and of two-word phrases that sound
-  like it across the word boundary (``near_miss_texts``).
+  like it across the word boundary (``near_miss_texts``), less those said as the word itself but for
+  unstressed vowels (``without_the_word``).
 * ``_silence_`` and the noise mixed into clips: ``_background_noise_`` of Speech
   Commands, the ``noise`` folders and the room recording.
 
@@ -393,6 +394,22 @@ def find_sound_alikes(word: str, count: int, cache_dir: Path | None, phrases: in
     _LOGGER.info("sound-alike near misses of %r (phoneme distance): %s", word,
                  ", ".join(f"{a.word} {a.distance:.2f}" for a in found))
     return [a.word for a in found]
+
+
+def without_the_word(word: str, texts: Sequence[str]) -> list[str]:
+    """``texts`` less those espeak-ng says as ``word`` but for unstressed vowels (``training.phonetic.said_as_word``:
+    "computar", "lexa" for "alexa"), logged; all of them (with one warning) without espeak-ng."""
+    from training import phonetic
+
+    try:
+        same = set(phonetic.said_as_word(word, texts))
+    except (OSError, subprocess.SubprocessError) as error:
+        _LOGGER.warning("near misses not checked against the word's own sound: %s", error)
+        return list(texts)
+    if same:
+        _LOGGER.info("left out of the near misses, said as %r but for unstressed vowels: %s", word, ", ".join(
+            sorted(same)))
+    return [t for t in texts if t not in same]
 
 
 # --- choosing the window ------------------------------------------------------------------------------------
@@ -805,7 +822,8 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
     if settings.near_miss_clips:
         parts.sound_alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir,
                                                settings.sound_alike_phrases)
-        parts.near_miss_texts = near_miss_texts(settings.word, sound_alikes=parts.sound_alikes)
+        parts.near_miss_texts = without_the_word(settings.word, near_miss_texts(settings.word,
+                                                                                 sound_alikes=parts.sound_alikes))
         # Long near misses ("compatibility", "camp utility") are kept: their middle is what sounds like the word.
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses", NEAR_MISS_CLIP_WINDOWS * inputs.window_s)

@@ -36,8 +36,8 @@ import numpy as np
 
 from kws.bundle import atomic_write
 
-__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "sound_alike_phrases", "sound_alikes", "vocabulary",
-           "word_salad"]
+__all__ = ["SoundAlike", "phonemes", "phoneme_distance", "said_as_word", "sound_alike_phrases", "sound_alikes",
+           "vocabulary", "word_salad"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ def _tokens(line: str) -> list[str]:
 
 def phonemes(texts: Sequence[str], voice: str = _VOICE) -> list[list[str]]:
     """espeak-ng's phonemes of each text (one call for all); raises OSError when espeak-ng is missing."""
+    return [_tokens(line) for line in _espeak(texts, voice)]
+
+
+def _espeak(texts: Sequence[str], voice: str) -> list[str]:
+    """espeak-ng's phoneme line of each text, stress marks and all."""
     if not texts:
         return []
     if shutil.which("espeak-ng") is None:
@@ -76,7 +81,38 @@ def phonemes(texts: Sequence[str], voice: str = _VOICE) -> list[list[str]]:
     if result.returncode != 0 or len(out) != len(texts):
         raise OSError(f"espeak-ng gave {len(out)} phoneme line(s) for {len(texts)} text(s) "
                       f"(exit {result.returncode}: {result.stderr.strip()[:200]})")
-    return [_tokens(line) for line in out]
+    return out
+
+
+def _stressed_skeleton(line: str) -> list[str]:
+    """The phonemes of an espeak-ng line without its unstressed vowels (a vowel with no stress mark), then
+    whether its last syllable is stressed: "compute" is not "computer" without its "-er"."""
+    kept, last_stressed = [], False
+    for token in (t for t in line.split() if t not in ("_:", "_", "||", "|")):
+        phoneme = _normalized(token)
+        if phoneme and _VOWEL_START.match(phoneme):
+            last_stressed = token.lstrip("=%")[:1] in ("'", ",")
+            if not last_stressed:
+                continue
+        if phoneme:
+            kept.append(phoneme)
+    return kept + [f"last syllable stressed: {last_stressed}"]
+
+
+def said_as_word(wake_word: str, texts: Sequence[str], voice: str = _VOICE) -> list[str]:
+    """The ``texts`` espeak-ng says as ``wake_word`` but for unstressed vowels: "computar" for "computer",
+    "lexa" for "alexa" (its first vowel is unstressed); not "jorvis" for "jarvis" (a stressed vowel), nor
+    "compute" or "lex" (the word's unstressed last syllable gone).
+
+    Such a text is a way of saying the word (a reduced vowel is said many ways, swallowed, or lost in
+    noise), so it is no near miss: as an ``_unknown_`` example it would teach the model to miss the word.
+    Raises OSError without espeak-ng.
+    """
+    if not texts:
+        return []
+    lines = _espeak([" ".join(_spoken(wake_word)), *texts], voice)
+    word = _stressed_skeleton(lines[0])
+    return [text for text, line in zip(texts, lines[1:]) if _stressed_skeleton(line) == word]
 
 
 def _cost(a: str, b: str) -> float:

@@ -412,6 +412,14 @@ def without_the_word(word: str, texts: Sequence[str]) -> list[str]:
     return [t for t in texts if t not in same]
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working folder when it is inside it ("models/kws12m-run"), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 # --- choosing the window ------------------------------------------------------------------------------------
 
 
@@ -1290,7 +1298,7 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
         "|---|---|",
         *[f"| {condition} | {value:.1%} |" for condition, value in frr.items()],
         "",
-        f"With {held} clips one miss is {1 / max(held, 1):.0%}: treat these as rough figures. Clip accuracy on the "
+        f"With {held} clips one miss is {1 / max(held, 1):.1%}: treat these as rough figures. Clip accuracy on the "
         f"held-out split (int8): {figures['holdout_accuracy_int8']:.1%}.",
         "",
         "## Training",
@@ -1302,7 +1310,7 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
               if settings.mine_voice_shifts else "")
            if (mined := figures["examples"].get("hard negatives (mined)")) else "")
         + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
-        + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{figures['base']}`"
+        + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{_shown(figures['base'])}`"
            + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",

@@ -205,6 +205,9 @@ def test_near_misses_are_rendered_with_espeak(trained):
     texts = custom.near_miss_texts("computer", sound_alikes=alikes)
     assert "computar" in texts and "computar" not in settings["near_miss_texts"]  # said as the word itself
     assert settings["near_miss_texts"] == [t for t in texts if t != "computar"]
+    assert settings["near_misses_said_as_word"] == ["computar"]
+    card = (run / "computer.md").read_text()
+    assert "said as the word but for unstressed vowels (a way of saying it, no near miss): \"computar\"" in card
     rendered = {p.parent.name for p in (run / "near_misses").glob("*/*.wav")}
     assert len(rendered) >= len(settings["near_miss_texts"]) - 2  # a rare rejection may cost a text
     assert settings["examples"]["near misses"] >= len(rendered)

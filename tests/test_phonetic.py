@@ -84,7 +84,7 @@ def test_a_text_said_as_the_word_but_for_unstressed_vowels_is_no_near_miss():
     assert phonetic.said_as_word("alexa", ["lexa", "alexo", "alex", "olexa", "lex"]) == ["lexa"]  # a swallowed schwa
     assert phonetic.said_as_word("jarvis", ["jorvis", "charvis", "jarves"]) == []  # the stressed vowel, a consonant
     assert phonetic.said_as_word("hey_pi", ["hay pi", "hey bi"]) == ["hay pi"]
-    assert custom.without_the_word("alexa", ["alex", "lexa", "alexander"]) == ["alex", "alexander"]
+    assert custom.without_the_word("alexa", ["alex", "lexa", "alexander"]) == (["alex", "alexander"], ["lexa"])
 
 
 def test_without_espeak_there_are_no_sound_alikes_and_one_warning(monkeypatch, tmp_path, caplog):
@@ -94,7 +94,7 @@ def test_without_espeak_there_are_no_sound_alikes_and_one_warning(monkeypatch, t
     assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="training.custom"):
-        assert custom.without_the_word("computer", ["computar", "compu"]) == ["computar", "compu"]
+        assert custom.without_the_word("computer", ["computar", "compu"]) == (["computar", "compu"], [])
     assert len(caplog.records) == 1 and "espeak-ng" in caplog.records[0].getMessage()
 
 

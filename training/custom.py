@@ -396,20 +396,20 @@ def find_sound_alikes(word: str, count: int, cache_dir: Path | None, phrases: in
     return [a.word for a in found]
 
 
-def without_the_word(word: str, texts: Sequence[str]) -> list[str]:
+def without_the_word(word: str, texts: Sequence[str]) -> tuple[list[str], list[str]]:
     """``texts`` less those espeak-ng says as ``word`` but for unstressed vowels (``training.phonetic.said_as_word``:
-    "computar", "lexa" for "alexa"), logged; all of them (with one warning) without espeak-ng."""
+    "computar", "lexa" for "alexa"), and those left out, logged; all kept (with one warning) without espeak-ng."""
     from training import phonetic
 
     try:
         same = set(phonetic.said_as_word(word, texts))
     except (OSError, subprocess.SubprocessError) as error:
         _LOGGER.warning("near misses not checked against the word's own sound: %s", error)
-        return list(texts)
+        return list(texts), []
     if same:
         _LOGGER.info("left out of the near misses, said as %r but for unstressed vowels: %s", word, ", ".join(
             sorted(same)))
-    return [t for t in texts if t not in same]
+    return [t for t in texts if t not in same], [t for t in texts if t in same]
 
 
 def _shown(path: str) -> str:
@@ -756,6 +756,8 @@ class CorpusParts:
 
     counts: dict = field(default_factory=dict)
     near_miss_texts: list = field(default_factory=list)
+    said_as_word: list = field(default_factory=list)
+    """Near-miss texts left out: said as the word but for unstressed vowels."""
     sound_alikes: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -830,8 +832,8 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
     if settings.near_miss_clips:
         parts.sound_alikes = find_sound_alikes(settings.word, settings.sound_alikes, settings.cache_dir,
                                                settings.sound_alike_phrases)
-        parts.near_miss_texts = without_the_word(settings.word, near_miss_texts(settings.word,
-                                                                                 sound_alikes=parts.sound_alikes))
+        parts.near_miss_texts, parts.said_as_word = without_the_word(
+            settings.word, near_miss_texts(settings.word, sound_alikes=parts.sound_alikes))
         # Long near misses ("compatibility", "camp utility") are kept: their middle is what sounds like the word.
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses", NEAR_MISS_CLIP_WINDOWS * inputs.window_s)
@@ -1021,6 +1023,7 @@ def save_settings(run_dir: Path, settings: CustomSettings, train_settings: Train
     body = {"kind": "custom", "custom": settings.to_dict(), "train": train_settings.to_dict(),
             "labels": list(settings.labels), "split": inputs.to_dict(),
             "near_miss_texts": parts.near_miss_texts if parts else [],
+            "near_misses_said_as_word": parts.said_as_word if parts else [],
             "examples": parts.counts if parts else {}, "kws_version": kws.__version__}
     atomic_write(run_dir / "settings.json", (json.dumps(body, indent=2) + "\n").encode())
 
@@ -1099,6 +1102,7 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     figures = {"bundle": str(json_path), "word": settings.word, "window_s": inputs.window_s,
                "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1),
                "examples": parts.counts, "notes": parts.notes, "near_miss_texts": parts.near_miss_texts,
+               "near_misses_said_as_word": parts.said_as_word,
                "holdout_accuracy_int8": evaluation["int8"]["accuracy"], "calibration": calibration,
                "base": str(base) if base else None, "transferred_layers": len(copied),
                "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs}
@@ -1321,6 +1325,9 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
     ]
     if figures["near_miss_texts"]:
         lines += ["", "Near-miss texts (`_unknown_`): " + ", ".join(f"\"{t}\"" for t in figures["near_miss_texts"])]
+    if figures.get("near_misses_said_as_word"):
+        lines += ["", "Left out of them, said as the word but for unstressed vowels (a way of saying it, no near miss): "
+                  + ", ".join(f"\"{t}\"" for t in figures["near_misses_said_as_word"])]
     for note in figures["notes"]:
         lines += ["", f"Note: {note}"]
     lines += ["", "Every setting and file list is in `settings.json` beside this card; "

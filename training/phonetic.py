@@ -43,6 +43,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _VOICE = "en-us"
 _TIMEOUT_S = 120.0
+_PAUSES = ("_:", "_", "||", "|")
+"""espeak-ng's pause and boundary marks: no phonemes."""
 _VOWEL_START = re.compile(r"^[aeiouAEIOUV@03]")
 _REDUCED = {"@", "I", "i", "3"}
 _GROUPS = ({"p", "b", "t", "d", "k", "g", "tS", "dZ", "?"}, {"f", "v", "T", "D", "s", "z", "S", "Z", "h"},
@@ -60,7 +62,7 @@ def _normalized(token: str) -> str:
 
 
 def _tokens(line: str) -> list[str]:
-    return [t for t in (_normalized(t) for t in line.split()) if t and t not in ("_:", "_", "||", "|")]
+    return [t for t in (_normalized(t) for t in line.split()) if t and t not in _PAUSES]
 
 
 def phonemes(texts: Sequence[str], voice: str = _VOICE) -> list[list[str]]:
@@ -88,14 +90,14 @@ def _stressed_skeleton(line: str) -> list[str]:
     """The phonemes of an espeak-ng line without its unstressed vowels (a vowel with no stress mark), then
     whether its last syllable is stressed: "compute" is not "computer" without its "-er"."""
     kept, last_stressed = [], False
-    for token in (t for t in line.split() if t not in ("_:", "_", "||", "|")):
-        phoneme = _normalized(token)
-        if phoneme and _VOWEL_START.match(phoneme):
+    for token, phoneme in zip(line.split(), (_normalized(t) for t in line.split())):
+        if not phoneme or phoneme in _PAUSES:
+            continue
+        if _VOWEL_START.match(phoneme):
             last_stressed = token.lstrip("=%")[:1] in ("'", ",")
             if not last_stressed:
                 continue
-        if phoneme:
-            kept.append(phoneme)
+        kept.append(phoneme)
     return kept + [f"last syllable stressed: {last_stressed}"]
 
 

@@ -181,7 +181,8 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert "time by stage" in result.stderr.decode()
     assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
-    assert "reverb in made-up rooms" in (run / "computer.md").read_text()  # synthetic_rooms = 3, no --rir
+    assert "reverb in made-up rooms; SpecAugment masks, 2 of up to 5 frames and 1 of up to 2 coefficients)" in card
+    assert settings["train"]["augment"]["time_masks"] == 2  # synthetic_rooms = 3, no --rir; SpecAugment by default
     examples = settings["examples"]  # whisper_share = 0.5: half the word's and half the _unknown_ training examples
     assert examples["whispered positives"] == round(0.5 * sum(examples[k] for k in (
         "positives (yours)", "synthetic positives", "positives (yours, repeated)") if k in examples))
@@ -212,6 +213,19 @@ def test_near_misses_are_rendered_with_espeak(trained):
     assert len(rendered) >= len(settings["near_miss_texts"]) - 2  # a rare rejection may cost a text
     assert settings["examples"]["near misses"] >= len(rendered)
     assert settings["examples"]["synthetic positives"] >= 1
+
+
+def test_spec_augment_is_on_by_default_and_a_config_turns_it_off(tmp_path):
+    argv = ["custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(tmp_path), "--base", "none"]
+    _, train = _custom_settings(build_parser().parse_args(argv))
+    assert (train.augment.time_masks, train.augment.time_mask_frames) == (2, 5)
+    assert (train.augment.frequency_masks, train.augment.frequency_mask_bins) == (1, 2)
+    assert train.augment.speed_probability == 0.3  # the other departures from AugmentSettings stay
+    config = tmp_path / "off.toml"
+    config.write_text("[augment]\ntime_masks = 0\nfrequency_masks = 0\n")
+    _, train = _custom_settings(build_parser().parse_args(argv + ["--config", str(config)]))
+    assert (train.augment.time_masks, train.augment.frequency_masks) == (0, 0)
+    assert train.augment.time_mask_frames == 5 and train.augment.reverb_probability == 0.3
 
 
 def test_bad_inputs_are_one_line(inputs, tmp_path):

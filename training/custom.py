@@ -81,8 +81,11 @@ DEFAULT_TRAIN = {"epochs": 30, "clips_per_class": 1000, "learning_rate": 0.001, 
 """Where ``kws-train custom`` departs from ``TrainSettings``' defaults (a small, fine-tuned problem; the
 validation accuracy reaches its top within a few epochs, so the end of each round is kept, not the first
 epoch at the top)."""
-DEFAULT_AUGMENT = {"speed_probability": 0.3, "reverb_probability": 0.3, "time_shift_ms": 150.0}
-"""Augmentation departing from ``AugmentSettings``' defaults (reverb: ``rir``'s responses, else made-up ones)."""
+DEFAULT_AUGMENT = {"speed_probability": 0.3, "reverb_probability": 0.3, "time_shift_ms": 150.0,
+                   "time_masks": 2, "time_mask_frames": 5, "frequency_masks": 1, "frequency_mask_bins": 2}
+"""Augmentation departing from ``AugmentSettings``' defaults (reverb: ``rir``'s responses, else made-up ones;
+SpecAugment: two masks of up to 100 ms and one of up to two MFCC coefficients per example, which missed 63
+against 68 of 300 held-out validation clips over six benchmark runs)."""
 
 
 @dataclass(frozen=True)
@@ -1105,7 +1108,8 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                "near_misses_said_as_word": parts.said_as_word,
                "holdout_accuracy_int8": evaluation["int8"]["accuracy"], "calibration": calibration,
                "base": str(base) if base else None, "transferred_layers": len(copied),
-               "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs}
+               "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs,
+               "spec_augment": _spec_augment_text(train_settings.augment)}
     card = model_card(settings, figures)
     atomic_write(run_dir / f"{settings.bundle_name}.md", card.encode())
     atomic_write(run_dir / "figures.json", (json.dumps(figures, indent=1) + "\n").encode())
@@ -1277,6 +1281,14 @@ def _hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
 
 
+def _spec_augment_text(augment) -> str:
+    """The SpecAugment masks of ``augment`` (an ``AugmentSettings``) in words; empty when off."""
+    parts = [f"{count} of up to {widest} {unit}" for count, widest, unit in (
+        (augment.time_masks, augment.time_mask_frames, "frames"),
+        (augment.frequency_masks, augment.frequency_mask_bins, "coefficients")) if count and widest]
+    return f"SpecAugment masks, {' and '.join(parts)}" if parts else ""
+
+
 def model_card(settings: CustomSettings, figures: dict) -> str:
     calibration = figures["calibration"]
     frr = calibration.get("frr", {})
@@ -1319,7 +1331,8 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
         "Examples (before augmentation: noise, speed, gain, time shift"
-        + (", reverb" if settings.rir else ", reverb in made-up rooms" if settings.synthetic_rooms else "") + "):",
+        + (", reverb" if settings.rir else ", reverb in made-up rooms" if settings.synthetic_rooms else "")
+        + (f"; {figures['spec_augment']}" if figures.get("spec_augment") else "") + "):",
         "",
         *[f"- {what}: {count}" for what, count in figures["examples"].items()],
     ]

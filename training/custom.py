@@ -51,7 +51,7 @@ from kws.bundle import BACKGROUND_PREFIX, atomic_write, models_dir, write_bundle
 from kws.errors import AudioError, ConfigError, KwsError
 from kws.features import FeatureSettings
 from training import data
-from training.augment import synthetic_room_responses
+from training.augment import AugmentSettings, synthetic_room_responses
 from training.train import Corpus, EpochMaker, TrainSettings
 from training.timing import StageTimer
 
@@ -1281,8 +1281,8 @@ def _hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
 
 
-def _spec_augment_text(augment) -> str:
-    """The SpecAugment masks of ``augment`` (an ``AugmentSettings``) in words; empty when off."""
+def _spec_augment_text(augment: AugmentSettings) -> str:
+    """The SpecAugment masks of ``augment`` in words; empty when off."""
     parts = [f"{count} of up to {widest} {unit}" for count, widest, unit in (
         (augment.time_masks, augment.time_mask_frames, "frames"),
         (augment.frequency_masks, augment.frequency_mask_bins, "coefficients")) if count and widest]

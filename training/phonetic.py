@@ -90,7 +90,8 @@ def _stressed_skeleton(line: str) -> list[str]:
     """The phonemes of an espeak-ng line without its unstressed vowels (a vowel with no stress mark), then
     whether its last syllable is stressed: "compute" is not "computer" without its "-er"."""
     kept, last_stressed = [], False
-    for token, phoneme in zip(line.split(), (_normalized(t) for t in line.split())):
+    for token in line.split():
+        phoneme = _normalized(token)
         if not phoneme or phoneme in _PAUSES:
             continue
         if _VOWEL_START.match(phoneme):

@@ -6,6 +6,7 @@ The clips come from ../shared/data/wakewords/computer (Apache-2.0, see the LICEN
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -182,6 +183,7 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
     assert "reverb in made-up rooms; SpecAugment masks, 2 of up to 5 frames and 1 of up to 2 coefficients)" in card
+    assert "gain -25 to +6 dB, time shift" in card and settings["custom"]["gain_db"] == [-25.0, 6.0]
     assert settings["train"]["augment"]["time_masks"] == 2  # synthetic_rooms = 3, no --rir; SpecAugment by default
     examples = settings["examples"]  # whisper_share = 0.5: half the word's and half the _unknown_ training examples
     assert examples["whispered positives"] == round(0.5 * sum(examples[k] for k in (
@@ -226,6 +228,28 @@ def test_spec_augment_is_on_by_default_and_a_config_turns_it_off(tmp_path):
     _, train = _custom_settings(build_parser().parse_args(argv + ["--config", str(config)]))
     assert (train.augment.time_masks, train.augment.frequency_masks) == (0, 0)
     assert train.augment.time_mask_frames == 5 and train.augment.reverb_probability == 0.3
+
+
+def test_every_word_and_unknown_example_gets_a_gain_over_the_whole_range_and_silence_none(tmp_path):
+    from training.augment import AugmentSettings
+    from training.train import Corpus
+
+    argv = ["custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(tmp_path), "--base", "none"]
+    settings, train = _custom_settings(build_parser().parse_args(argv))
+    assert settings.gain_db == (-25.0, 6.0)  # down to 25 dB under the recording: quiet speakers and microphones
+    tone = 0.05 * np.sin(np.arange(16000) * 0.3)
+    corpus = Corpus(audio=np.repeat(np.round(tone * 32767).astype(np.int16)[None], 6, axis=0),
+                    label=np.array([1, 1, 1, 2, 2, 2]), split=np.array(["training"] * 6),
+                    noise=[np.random.default_rng(1).standard_normal(48000).astype(np.float32)],
+                    labels=("_silence_", "_unknown_", "computer"))
+    plain = dataclasses.replace(train, clips_per_class=300, augment=AugmentSettings(time_shift_ms=0, noise_probability=0))
+    audio, labels = custom.GainEpochs(corpus, plain, settings.gain_db).epoch_audio(np.random.default_rng(0))
+    rms = np.sqrt(np.mean(np.square(audio, dtype=np.float64), axis=1))
+    gain_db = 20 * np.log10(rms / np.sqrt(np.mean(np.square(tone))))
+    words = labels != 0
+    assert words.sum() == 600 and np.all((gain_db[words] > -25.01) & (gain_db[words] < 6.01))
+    assert gain_db[words].min() < -24 and gain_db[words].max() > 5  # the whole range, not a corner of it
+    assert np.all((rms[~words] > 0.99e-4) & (rms[~words] < 0.301))  # _silence_: its own levels, no gain on top
 
 
 def test_bad_inputs_are_one_line(inputs, tmp_path):

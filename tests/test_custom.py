@@ -184,6 +184,11 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
     assert "reverb in made-up rooms; SpecAugment masks, 2 of up to 5 frames and 1 of up to 2 coefficients)" in card
     assert "gain -25 to +6 dB, time shift" in card and settings["custom"]["gain_db"] == [-25.0, 6.0]
+    figures = json.loads((run / "figures.json").read_text())
+    assert figures["quietest_dbfs"] is None and not settings["custom"]["gain_to_quietest"]  # off by default
+    quiet = custom.model_card(custom.CustomSettings.from_dict({**settings["custom"], "gain_to_quietest": True}),
+                              {**figures, "quietest_dbfs": -40.2})
+    assert "gain -25 to +6 dB and down to -40.2 dBFS speech (the quietest of your clips), time shift" in quiet
     assert settings["train"]["augment"]["time_masks"] == 2  # synthetic_rooms = 3, no --rir; SpecAugment by default
     examples = settings["examples"]  # whisper_share = 0.5: half the word's and half the _unknown_ training examples
     assert examples["whispered positives"] == round(0.5 * sum(examples[k] for k in (
@@ -250,6 +255,40 @@ def test_every_word_and_unknown_example_gets_a_gain_over_the_whole_range_and_sil
     assert words.sum() == 600 and np.all((gain_db[words] > -25.01) & (gain_db[words] < 6.01))
     assert gain_db[words].min() < -24 and gain_db[words].max() > 5  # the whole range, not a corner of it
     assert np.all((rms[~words] > 0.99e-4) & (rms[~words] < 0.301))  # _silence_: its own levels, no gain on top
+
+
+def test_with_gain_to_quietest_each_example_can_be_played_as_quiet_as_the_quietest_clip(tmp_path):
+    from training.augment import AugmentSettings
+    from training.train import Corpus
+
+    argv = ["custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(tmp_path), "--base", "none"]
+    config = tmp_path / "quiet.toml"
+    config.write_text("[custom]\ngain_db = [-10, 6]\ngain_to_quietest = true\n")
+    settings, train = _custom_settings(build_parser().parse_args(argv + ["--config", str(config)]))
+    assert settings.gain_to_quietest and settings.gain_db == (-10.0, 6.0)
+    tone = np.sin(np.arange(16000) * 0.3)
+    loud, quiet = 0.1 * tone, 0.001 * tone  # speech at -23 and -63 dBFS
+    rows = np.stack([loud, loud, loud, quiet, quiet, quiet])
+    corpus = Corpus(audio=np.round(rows * 32767).astype(np.int16), label=np.array([1, 2, 2, 1, 2, 2]),
+                    split=np.array(["training"] * 6), noise=[np.zeros(16000, np.float32)],
+                    labels=("_silence_", "_unknown_", "computer"))
+    plain = dataclasses.replace(train, clips_per_class=400, augment=AugmentSettings(time_shift_ms=0, noise_probability=0))
+    audio, labels = custom.GainEpochs(corpus, plain, settings.gain_db, quietest_dbfs=-43.0).epoch_audio(
+        np.random.default_rng(0))
+    level = 20 * np.log10(np.sqrt(np.mean(np.square(audio, dtype=np.float64), axis=1)) + 1e-12)  # _silence_: 0
+    was_loud = level > -50  # the quiet rows stay under -57 dBFS at +6 dB, the loud ones over -44 at -20 dB
+    gain_db = np.where(was_loud, level - 20 * np.log10(0.1 / np.sqrt(2)), level - 20 * np.log10(0.001 / np.sqrt(2)))
+    words = labels != 0
+    loud_words, quiet_words = words & was_loud, words & ~was_loud
+    assert loud_words.sum() > 200 and quiet_words.sum() > 200
+    # loud examples (-23 dBFS) go down to the quietest clip's -43 dBFS: gains from -20 dB, not just -10
+    assert np.all((gain_db[loud_words] > -20.01) & (gain_db[loud_words] < 6.01)) and gain_db[loud_words].min() < -19
+    # quiet ones (-63 dBFS, quieter than the quietest clip) keep gain_db's own range
+    assert np.all((gain_db[quiet_words] > -10.01) & (gain_db[quiet_words] < 6.01)) and gain_db[quiet_words].min() < -9
+    plain_maker = custom.GainEpochs(corpus, plain, settings.gain_db)  # without it: -10 dB at most, loud or quiet
+    audio, labels = plain_maker.epoch_audio(np.random.default_rng(0))
+    level = 20 * np.log10(np.sqrt(np.mean(np.square(audio, dtype=np.float64), axis=1)) + 1e-12)  # _silence_: 0
+    assert level[(labels != 0) & (level > -50)].min() > 20 * np.log10(0.1 / np.sqrt(2)) - 10.01
 
 
 def test_bad_inputs_are_one_line(inputs, tmp_path):

@@ -255,3 +255,15 @@ def test_stream_eval_needs_no_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "[]"
+
+
+def test_speech_levels_of_rows_are_speech_rms_of_each_row():
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((5, 16000)).astype(np.float32) * np.array([[0.1], [0.01], [0.3], [0.001], [0.05]])
+    rows[1, :8000] *= 0.01  # half quiet: only the loud frames count
+    rows[4] = 0.0  # a silent row
+    levels = se.speech_levels_dbfs(rows, 16000)
+    expected = [20 * np.log10(se.speech_rms(row, 16000)) for row in rows[:4]]
+    np.testing.assert_allclose(levels[:4], expected, atol=1e-6)
+    assert levels[4] == -np.inf
+    assert abs(levels[1] - 20 * np.log10(0.01)) < 0.2  # the loud half's level, not the mean over both halves

@@ -52,8 +52,9 @@ from kws.errors import AudioError, ConfigError, KwsError
 from kws.features import FeatureSettings
 from training import data
 from training.augment import AugmentSettings, synthetic_room_responses
-from training.train import Corpus, EpochMaker, TrainSettings
+from training.stream_eval import speech_levels_dbfs
 from training.timing import StageTimer
+from training.train import Corpus, EpochMaker, TrainSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ class CustomSettings:
     below the recording, for quiet speakers and microphones (a fifth of the ``alexa`` recordings have their
     speech under -30 dBFS, a few under -45). Against -10 to +6 dB it missed 54 against 63 of 300 held-out
     validation clips over six benchmark runs."""
+    gain_to_quietest: bool = False
+    """Also play each word and ``_unknown_`` example as quiet as the quietest of your training clips (the 5th
+    percentile of their speech levels): an example whose speech is at L dBFS gets gains from
+    min(``gain_db[0]``, quietest - L), so the range follows the levels your recordings hold."""
     hard_negative_epochs: int = 10
     """After training, the windows of the training speech (and room) that the model takes most for the word are
     added to ``_unknown_`` and training goes on for this many epochs; 0 = no second round."""
@@ -724,17 +729,26 @@ def with_background(clips: np.ndarray, noise: Sequence[np.ndarray], rng: np.rand
 
 
 class GainEpochs(EpochMaker):
-    """``EpochMaker`` plus a random gain on every example that is not ``_silence_`` (a quieter or louder speaker)."""
+    """``EpochMaker`` plus a random gain on every example that is not ``_silence_`` (a quieter or louder speaker).
 
-    def __init__(self, corpus: Corpus, settings: TrainSettings, gain_db: tuple[float, float]):
+    With ``quietest_dbfs``, an example's lowest gain is also low enough to bring its speech down to that level.
+    """
+
+    def __init__(self, corpus: Corpus, settings: TrainSettings, gain_db: tuple[float, float],
+                 quietest_dbfs: float | None = None):
         super().__init__(corpus, settings)
         self.gain_db = gain_db
+        self.quietest_dbfs = quietest_dbfs
 
     def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         audio, labels = super().epoch_audio(rng)
-        if self.gain_db[0] == self.gain_db[1] == 0:
+        if self.quietest_dbfs is not None:
+            low = np.minimum(self.gain_db[0], self.quietest_dbfs - speech_levels_dbfs(audio, data.SAMPLE_RATE_HZ))
+            gain = 10 ** (rng.uniform(low, self.gain_db[1]) / 20)
+        elif self.gain_db[0] == self.gain_db[1] == 0:
             return audio, labels
-        gain = 10 ** (rng.uniform(*self.gain_db, size=len(audio)) / 20)
+        else:
+            gain = 10 ** (rng.uniform(*self.gain_db, size=len(audio)) / 20)
         gain = np.where(labels == self.silence, 1.0, gain).astype(np.float32)
         return np.clip(audio * gain[:, None], -1.0, 1.0), labels
 
@@ -762,6 +776,8 @@ class CorpusParts:
 
     counts: dict = field(default_factory=dict)
     near_miss_texts: list = field(default_factory=list)
+    quietest_dbfs: float | None = None
+    """The 5th percentile of the speech levels of the user's training clips."""
     said_as_word: list = field(default_factory=list)
     """Near-miss texts left out: said as the word but for unstressed vowels."""
     sound_alikes: list = field(default_factory=list)
@@ -787,6 +803,9 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         yours, held_out = (np.stack([_to_int16(clip_window(p, samples, data.SAMPLE_RATE_HZ)) for p in paths])
                            for paths in (inputs.positives_training, inputs.positives_holdout))
         add(yours, keyword, "training", "positives (yours)")
+        if len(yours):
+            parts.quietest_dbfs = round(float(np.percentile(
+                speech_levels_dbfs(yours.astype(np.float32) / 32768, data.SAMPLE_RATE_HZ), 5)), 1)
         add(held_out, keyword, "validation", "held-out positives")
         rng = np.random.default_rng([settings.seed, 3])
         if settings.speech_commands is not None:
@@ -1076,14 +1095,15 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
         _LOGGER.info("initialised %d layers from %s%s; the classifier is new", len(copied), base,
                      " (first convolution frozen)" if settings.freeze_first_conv else "")
 
-    maker = GainEpochs(corpus, train_settings, settings.gain_db)
+    quietest = parts.quietest_dbfs if settings.gain_to_quietest else None
+    maker = GainEpochs(corpus, train_settings, settings.gain_db, quietest)
     train_started = time.perf_counter()
     model = train(corpus, train_settings, run_dir, timer, maker=maker, prepare_model=prepare)
     mined = []
     mining_files = list(inputs.negatives_training) + list(inputs.room_files)
     if settings.hard_negative_epochs and settings.hard_negative_windows and mining_files:
         model, corpus, maker, mined = hard_negative_round(model, corpus, settings, train_settings, inputs,
-                                                          mining_files, run_dir, timer, parts.sound_alikes)
+                                                          mining_files, run_dir, timer, parts.sound_alikes, quietest)
         parts.counts["hard negatives (mined)"] = len(mined)
     train_s = time.perf_counter() - train_started
 
@@ -1112,7 +1132,8 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                "holdout_accuracy_int8": evaluation["int8"]["accuracy"], "calibration": calibration,
                "base": str(base) if base else None, "transferred_layers": len(copied),
                "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs,
-               "spec_augment": _spec_augment_text(train_settings.augment)}
+               "spec_augment": _spec_augment_text(train_settings.augment),
+               "quietest_dbfs": quietest}
     card = model_card(settings, figures)
     atomic_write(run_dir / f"{settings.bundle_name}.md", card.encode())
     atomic_write(run_dir / "figures.json", (json.dumps(figures, indent=1) + "\n").encode())
@@ -1163,7 +1184,7 @@ def extra_mining_audio(settings: CustomSettings, inputs: Inputs, run_dir: Path, 
 
 def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
                         inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer,
-                        sound_alikes: Sequence[str] = ()):
+                        sound_alikes: Sequence[str] = (), quietest_dbfs: float | None = None):
     """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
 
     Beside ``files``, the miner reads ``extra_mining_audio``.
@@ -1187,14 +1208,14 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
                  len(mined), len(files), f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
                  settings.hard_negative_epochs)
     if not mined:
-        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db), mined
+        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db, quietest_dbfs), mined
     first_history = run_dir / "history.json"
     if first_history.exists():
         first_history.replace(run_dir / "history_round1.json")
     corpus = with_hard_negatives(corpus, windows)
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)
-    maker = GainEpochs(corpus, round_settings, settings.gain_db)
+    maker = GainEpochs(corpus, round_settings, settings.gain_db, quietest_dbfs)
     weights = model.get_weights()
 
     def resume(fresh) -> None:
@@ -1333,8 +1354,10 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
-        f"Examples (before augmentation: noise, speed, gain {settings.gain_db[0]:+g} to {settings.gain_db[1]:+g} dB, "
-        "time shift"
+        f"Examples (before augmentation: noise, speed, gain {settings.gain_db[0]:+g} to {settings.gain_db[1]:+g} dB"
+        + (f" and down to {figures['quietest_dbfs']:g} dBFS speech (the quietest of your clips)"
+           if figures.get("quietest_dbfs") is not None else "")
+        + ", time shift"
         + (", reverb" if settings.rir else ", reverb in made-up rooms" if settings.synthetic_rooms else "")
         + (f"; {figures['spec_augment']}" if figures.get("spec_augment") else "") + "):",
         "",

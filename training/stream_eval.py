@@ -432,6 +432,19 @@ def speech_rms(clip: np.ndarray, sample_rate_hz: int) -> float:
     return float(np.sqrt(active.mean()))
 
 
+def speech_levels_dbfs(rows: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """``speech_rms`` of each row of float audio (full scale 1.0), in dBFS; a silent row is -inf."""
+    size = max(1, int(sample_rate_hz * ACTIVE_FRAME_MS / 1000))
+    count = rows.shape[1] // size
+    if count == 0:
+        return np.array([20 * np.log10(speech_rms(row, sample_rate_hz)) if np.any(row) else -np.inf for row in rows])
+    power = np.mean(np.square(rows[:, : count * size].reshape(len(rows), count, size), dtype=np.float64), axis=2)
+    active = power >= power.max(axis=1, keepdims=True) * 10 ** (-ACTIVE_RANGE_DB / 10)
+    mean = np.sum(power * active, axis=1) / np.sum(active, axis=1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(mean)
+
+
 def noise_stretch(noise: Noise, samples: int, rng: np.random.Generator) -> np.ndarray:
     """``samples`` of one recording from a random place (a short recording is repeated)."""
     recording = noise.recordings[int(rng.integers(len(noise.recordings)))]

@@ -421,28 +421,27 @@ def load_noise(folders: Sequence[Path], sample_rate_hz: int) -> Noise:
     return Noise(tuple(recordings), tuple(str(f) for f in folders), tuple(skipped))
 
 
+def _active_power(rows: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """Mean power of each row's active part: its 20-ms frames within 20 dB of its loudest (a row shorter
+    than a frame: all of it; an empty row: 0)."""
+    size = max(1, int(sample_rate_hz * ACTIVE_FRAME_MS / 1000))
+    count = rows.shape[1] // size
+    if count == 0:
+        return np.mean(np.square(rows, dtype=np.float64), axis=1) if rows.shape[1] else np.zeros(len(rows))
+    power = np.mean(np.square(rows[:, : count * size].reshape(len(rows), count, size), dtype=np.float64), axis=2)
+    active = power >= power.max(axis=1, keepdims=True) * 10 ** (-ACTIVE_RANGE_DB / 10)
+    return np.sum(power * active, axis=1) / np.sum(active, axis=1)
+
+
 def speech_rms(clip: np.ndarray, sample_rate_hz: int) -> float:
     """RMS of the clip's active part: its 20-ms frames within 20 dB of the loudest."""
-    size = max(1, int(sample_rate_hz * ACTIVE_FRAME_MS / 1000))
-    count = clip.size // size
-    if count == 0:
-        return float(np.sqrt(np.mean(np.square(clip, dtype=np.float64)))) if clip.size else 0.0
-    power = np.mean(np.square(clip[: count * size].reshape(count, size), dtype=np.float64), axis=1)
-    active = power[power >= power.max() * 10 ** (-ACTIVE_RANGE_DB / 10)]
-    return float(np.sqrt(active.mean()))
+    return float(np.sqrt(_active_power(clip[None], sample_rate_hz)[0]))
 
 
 def speech_levels_dbfs(rows: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     """``speech_rms`` of each row of float audio (full scale 1.0), in dBFS; a silent row is -inf."""
-    size = max(1, int(sample_rate_hz * ACTIVE_FRAME_MS / 1000))
-    count = rows.shape[1] // size
-    if count == 0:
-        return np.array([20 * np.log10(speech_rms(row, sample_rate_hz)) if np.any(row) else -np.inf for row in rows])
-    power = np.mean(np.square(rows[:, : count * size].reshape(len(rows), count, size), dtype=np.float64), axis=2)
-    active = power >= power.max(axis=1, keepdims=True) * 10 ** (-ACTIVE_RANGE_DB / 10)
-    mean = np.sum(power * active, axis=1) / np.sum(active, axis=1)
     with np.errstate(divide="ignore"):
-        return 10 * np.log10(mean)
+        return 10 * np.log10(_active_power(rows, sample_rate_hz))
 
 
 def noise_stretch(noise: Noise, samples: int, rng: np.random.Generator) -> np.ndarray:

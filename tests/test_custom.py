@@ -123,16 +123,17 @@ def test_the_default_base_is_the_bigger_shipped_one_and_fits_a_wake_word_model()
     from training.models import build_model
 
     run = custom.resolve_base(None)
-    assert run == custom.resolve_base("kws12m") and run.name == "kws12m-run"
+    assert run == custom.resolve_base("kws12l") and run.name == "kws12l-run"
     settings = custom.base_settings(run)
     small = custom.base_settings(custom.resolve_base("kws12"))  # the bundled model's own float weights
-    assert settings.architecture == "ds-cnn-m" and small.architecture == "ds-cnn-s"
-    assert settings.features == small.features == FeatureSettings()  # the runtime's front end, as kws12's
+    medium = custom.base_settings(custom.resolve_base("kws12m"))  # the default before, still shipped
+    assert (settings.architecture, medium.architecture, small.architecture) == ("ds-cnn-l", "ds-cnn-m", "ds-cnn-s")
+    assert settings.features == medium.features == small.features == FeatureSettings()  # the runtime's front end
     base = keras.models.load_model(run / "model.keras")
     model = build_model(settings.architecture, (73, 10), 3)
     copied = custom.transfer_weights(model, base, freeze_first_conv=True)
     weighted = [[l for l in m.layers if l.weights and not isinstance(l, keras.layers.Dense)] for m in (model, base)]
-    assert "logits" not in copied and len(copied) == len(weighted[1]) == 18
+    assert "logits" not in copied and len(copied) == len(weighted[1]) == 22
     for mine, theirs in zip(*weighted):  # layer names differ by the order models were built: pair by position
         for a, b in zip(mine.get_weights(), theirs.get_weights()):
             np.testing.assert_array_equal(a, b)

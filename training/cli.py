@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then mine the training speech for what the model takes for the word, add it to _unknown_ "
                         "and train N more epochs (default 10; 0 = off)")
     p.add_argument("--base", help="run folder with model.keras whose conv weights start training, or 'none' "
-                   "(default: kws12m, the DS-CNN-M base in models/kws12m-run; kws12 = the small one)")
+                   "(default: kws12l, the DS-CNN-L base in models/kws12l-run; kws12m and kws12 = smaller ones)")
     p.add_argument("--target-fa-per-hour", type=float, help="calibration target (default 0.5)")
     p.add_argument("--smoothing-s", type=float, help="the bundle's score averaging span, which the threshold is "
                    "calibrated for (default 1.2)")

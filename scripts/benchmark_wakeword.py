@@ -4,7 +4,7 @@
     python scripts/benchmark_wakeword.py ../shared/data/wakewords/computer --count 50 --seed 0 \\
         --speech-commands ../shared/data/speech_commands --negatives ../shared/data/librispeech_dev_clean_part \\
         --noise ../shared/data/household_noise [--run-dir runs/bench-computer] [--epochs N] [--synth N] \\
-        [--near-misses N] [--base kws12l]
+        [--near-misses N] [--base RUN]
 
 Reproduces the headline figure of ``kws-train custom`` for any folder of recordings of
 one word (the folder's name is the word unless ``--word``):
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")
     parser.add_argument("--engines", nargs="+", help="TTS engines (default: all installed)")
     parser.add_argument("--hard-negative-epochs", type=int, metavar="N", help="second round on mined negatives")
-    parser.add_argument("--base", help="transfer base (default: kws-train custom's, kws12l; kws12m, kws12 = smaller ones; "
+    parser.add_argument("--base", help="transfer base, as kws-train custom's --base (default: its default; "
                         "'none' = from scratch)")
     parser.add_argument("--target-fa-per-hour", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, help="cache of decoded Speech Commands clips")

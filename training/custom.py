@@ -59,10 +59,9 @@ from training.train import Corpus, EpochMaker, TrainSettings
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_BASE = "kws12l"
-"""The transfer base without ``--base``: the DS-CNN-L of the twelve classes (``models/kws12l-run``). Beside the
-DS-CNN-M ``kws12m`` it missed 75 against 111 of the pipeline's own held-out clips in the wake-word benchmark's
-fourteen runs (training/wake-word-record.md), for about 1.6 times the training time, twice the inference time
-and a 502 KB model; ``--base kws12m`` and ``--base kws12`` (the DS-CNN-S) are the smaller ones."""
+"""The transfer base without ``--base``: the DS-CNN-L of the twelve classes (``models/kws12l-run``), chosen by the
+wake-word benchmark (its runs and costs: training/wake-word-record.md); ``--base kws12m`` (DS-CNN-M) and
+``--base kws12`` (DS-CNN-S) are the smaller ones."""
 MIN_SAMPLES = 5
 """Fewest user clips accepted (at least one is held out)."""
 MIN_WINDOW_S = 1.0

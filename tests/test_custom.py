@@ -140,6 +140,31 @@ def test_the_default_base_is_the_bigger_shipped_one_and_fits_a_wake_word_model()
     assert model.count_params() > 5 * build_model(small.architecture, (73, 10), 3).count_params()
 
 
+def test_a_base_on_20_coefficients_makes_a_bundle_on_20_that_listens_beside_kws12(inputs, tiny_data, tmp_path):
+    """A base on 20 MFCC coefficients: its bundle takes the base's front end, which the runtime runs beside kws12's."""
+    root, _ = tiny_data
+    config = tmp_path / "mfcc20.toml"
+    config.write_text("[features]\nn_mfcc = 20\n")
+    base = tmp_path / "base"
+    result = kws_train("train", str(base), "--data", str(root), "--epochs", "1", "--clips-per-class", "8",
+                       "--config", str(config))
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    twenty = dataclasses.replace(FeatureSettings(), n_mfcc=20)
+    assert custom.base_settings(base).features == twenty
+    models = tmp_path / "models"
+    result = kws_train("custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(inputs["samples"]),
+                       "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base),
+                       "--epochs", "1", "--clips-per-class", "20", "--holdout", "0.25", "--synth", "0",
+                       "--near-misses", "0", "--hard-negative-epochs", "0", "--out", str(models))
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    bundle = load_bundle(models / "computer.json")
+    assert bundle.features == twenty and bundle.input.shape[2] == 20  # the model file is checked against it on load
+    clip = sorted(inputs["samples"].iterdir())[0]
+    result = run_kws("detect", str(clip), "--model", "kws12", "--model", str(models / "computer.json"), "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "2 models on 2 feature front end(s): kws12; computer" in result.stderr.decode()
+
+
 def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs):
     import keras
 

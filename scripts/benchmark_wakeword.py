@@ -183,7 +183,8 @@ def evaluate(bundle_path: Path, run_dir: Path, held_out: list[Path], noise_folde
     return {"replayer": replayer, "settings": settings,
             "rate": rate, "at_rate": at_rate, "calibrated": calibrated, "at_calibrated": at_calibrated,
             "conditions": settings.conditions, "positives": positives.clips, "hours": negatives.hours,
-            "speech_hours": speech_hours, "skipped": len(positives.skipped) + len(negatives.skipped)}
+            "speech_hours": speech_hours, "skipped": len(positives.skipped) + len(negatives.skipped),
+            "highest": replayer.highest_negatives(3)}
 
 
 def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s: float, stages: dict) -> str:
@@ -211,6 +212,8 @@ def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s
         f"- target {rate.target_fa_per_hour:g} FA/h reachable: {'yes' if rate.target_met else 'NO (best threshold shown)'}"
         f" (one false accept = {rate.one_false_accept_per_hour:.2f}/h)",
         made,
+        "- highest-scoring moments of the negatives (what sets the threshold): "
+        + "; ".join(moment.describe() for moment in result["highest"]),
     ]
     if stages:
         lines.append("- stages (the prefetch stage overlaps fit): " + ", ".join(f"{name} {secs:.0f} s" for name, secs in
@@ -236,6 +239,7 @@ def save_results(run_dir: Path, word: str, args: argparse.Namespace, result: dic
             "at_target": {**rate.to_dict(), **result["at_rate"].to_dict()},
             "at_calibrated": result["at_calibrated"].to_dict(), "wall_s": round(wall_s, 1),
             "train_s": figures["train_s"], "examples": figures["examples"],
+            "highest_negatives": [moment.to_dict() for moment in result["highest"]],
             "det": [p.to_dict() for p in sweep]}
     atomic_write(run_dir / "benchmark.json", (json.dumps(body, indent=1) + "\n").encode())
     print(f"\nwrote {run_dir / 'det.png'} and {run_dir / 'benchmark.json'}")

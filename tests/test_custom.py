@@ -205,6 +205,9 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
 
     card = (run / "computer.md").read_text()
     assert "FRR" in card and "false accept" in card and "held-out" in card
+    highest = calibration["highest_negatives"]  # what sets the threshold: held-out negatives, listed in the card
+    assert highest and all(m["file"] in split["negatives_calibration"] + split["noise_files"] for m in highest)
+    assert "## What sets the threshold" in card and f"| {highest[0]['score']:.4f} | {highest[0]['file']} |" in card
     assert "time by stage" in result.stderr.decode()
     assert re.search(r"mining also [1-9]\d* synthetic sentence", result.stderr.decode())  # synth_speech_s = 20
     assert settings["train"]["keep"] == "last" and settings["custom"]["synth_speech_s"] == 20
@@ -363,6 +366,8 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
     figures = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert figures["held_out_positives"] == 5 and figures["det"] and figures["negative_hours"] > 0
     assert f"{figures['at_target']['frr']['clean']:.1%}" in out
+    top = figures["highest_negatives"][0]
+    assert f"(what sets the threshold): {top['score']:.4f} '{top['keyword']}' in {top['file']} at " in out
     assert len(list((tmp_path / "run" / "samples").iterdir())) == 8
 
     # the same bundle measured again at another smoothing span: its split made again, a copy calibrated, no training

@@ -150,6 +150,40 @@ def test_threshold_for_rate_is_the_lowest_that_meets_the_target(evaluation):
     assert not unreachable.target_met and unreachable.threshold == 0.6 and unreachable.false_accepts > 0
 
 
+def test_the_highest_negatives_find_a_planted_word_and_the_threshold_sits_above_them(inputs, evaluation, tmp_path):
+    bundle, scorer, _, _, _ = evaluation
+    speech = read_audio(inputs["libri"] / inputs["free"][0]["path"], 16000)
+    clip = read_audio(sorted(inputs["yes"].iterdir())[0], 16000)
+    at_s = 2.0
+    planted = np.concatenate([speech[: int(at_s * 16000)], clip, speech[int(at_s * 16000) :]])  # "yes" mid-sentence
+    sf.write(tmp_path / "planted.wav", planted, 16000)
+    listing = se.negative_files([tmp_path / "planted.wav", inputs["libri"], inputs["noise"]], bundle.keywords)
+    replayer = se.Replayer(bundle, detector_settings_for(bundle), se.score_negatives(scorer, listing))
+    highest = replayer.highest_negatives(5)
+
+    assert len(highest) == 5 and [m.score for m in highest] == sorted((m.score for m in highest), reverse=True)
+    first = highest[0]
+    assert (first.name, first.keyword) == (str(tmp_path / "planted.wav"), "yes")
+    assert first.start_s < at_s + clip.size / 16000 and first.end_s > at_s  # its audio holds the planted clip
+    assert abs(first.end_s - first.start_s - (bundle.window_s + replayer.settings.smoothing_s)) < 1e-6
+    assert first.score == max(float(s.peak.max()) for s in replayer._negatives)
+    for a in highest:  # moments of one file are at least the audio of one score apart
+        for b in highest:
+            if a is not b and a.name == b.name:
+                assert abs(a.end_s - b.end_s) >= bundle.window_s + replayer.settings.smoothing_s - 1e-6
+    # with no false accept allowed the threshold sits just above the first; at its score that moment fires
+    rate = se.threshold_for_rate(replayer, 0.5)
+    assert rate.false_accepts == 0 and rate.threshold > first.score
+    assert replayer.false_accepts(replayer.at(first.score)) >= 1
+    lines = se.describe_highest(highest, rate.threshold)
+    assert f"all below the threshold {rate.threshold:g}" in lines[0] and len(lines) == 6
+    assert lines[1].strip().startswith(f"{first.shown_score:.4f} 'yes' in {tmp_path / 'planted.wav'} at ")
+    assert first.shown_score <= first.score < first.shown_score + 1e-4
+    reach = sum(m.score >= highest[1].score for m in highest)  # 2, or more where scores tie (int8 outputs)
+    assert f"; {reach} of them reach the threshold" in se.describe_highest(highest, highest[1].score)[0] and reach >= 2
+    assert replayer.highest_negatives(2) == highest[:2]
+
+
 def test_calibrate_writes_the_threshold_and_a_record_into_a_copy(inputs, evaluation, tmp_path):
     _, _, _, _, replayer = evaluation
     for suffix in (".json", ".tflite"):
@@ -174,6 +208,12 @@ def test_calibrate_writes_the_threshold_and_a_record_into_a_copy(inputs, evaluat
     assert calibration["negative_sources"] == [str(inputs["libri"]), str(inputs["noise"])]
     assert set(calibration["frr"]) == {"clean", "10 dB", "0 dB"} and calibration["date"]
     assert calibration["previous_thresholds"] == dict(original.thresholds)
+    # what sets the threshold: the negatives' highest moments, below it (no false accept allowed in this little audio)
+    highest = calibration["highest_negatives"]
+    assert [m["score"] for m in highest] == [m.shown_score for m in replayer.highest_negatives()] and highest
+    assert all(m["score"] < threshold and m["start_s"] < m["end_s"] for m in highest)
+    assert f"all below the threshold {threshold:g}" in result.stdout.decode()
+    assert f"  {highest[0]['score']:.4f} '{highest[0]['keyword']}' in {highest[0]['file']} at " in result.stdout.decode()
     # measured independently on the same negatives: at most the target
     assert replayer.false_accepts(replayer.at(threshold)) / replayer.hours <= 0.5
     assert bundle.sha256 == original.sha256 == json.loads(copy.read_text())["sha256"]
@@ -211,6 +251,9 @@ def test_evaluate_stream_writes_det_png_and_figures_and_skips_unreadable_negativ
     assert set(figures["at_thresholds"]["frr"]) == {"clean", "10 dB", "0 dB"}
     assert figures["for_target"]["target_met"] and figures["for_target"]["fa_per_hour"] <= 0.5
     assert len(figures["sweep"]) > 50
+    scores = [m["score"] for m in figures["highest_negatives"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert "highest-scoring moments of the negatives" in stdout
 
 
 @pytest.mark.parametrize("case,message", [

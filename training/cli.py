@@ -357,8 +357,11 @@ def cmd_evaluate_stream(args, timer) -> None:
             rows.append((f"{rate.threshold:g} ({what})", replayer.point(replayer.at(rate.threshold))))
         sweep = replayer.sweep(replayer.usable(settings.det_grid()))
     conditions = list(replayer.positives.streams) if replayer.positives else []
+    highest = replayer.highest_negatives()
     _describe_inputs(bundle, replayer)
     print(se.table(rows, conditions))
+    for line in se.describe_highest(highest, own.threshold):
+        print(line)
     written = []
     if replayer.negatives is not None and conditions:
         with timer.stage("plot"):
@@ -380,6 +383,7 @@ def cmd_evaluate_stream(args, timer) -> None:
         "at_thresholds": rows[0][1].to_dict(),
         "for_target": None if rate is None else {**rate.to_dict(), "frr": rows[1][1].to_dict()["frr"],
                                                  "wrong_keyword": dict(rows[1][1].wrong_keyword)},
+        "highest_negatives": [moment.to_dict() for moment in highest],
         "sweep": [p.to_dict() for p in sweep],
     }
     atomic_write(out / "stream_eval.json", (json.dumps(figures, indent=1) + "\n").encode())
@@ -400,7 +404,8 @@ def cmd_calibrate(args, timer) -> None:
                        f"per hour on {rate.negative_hours:.2f} h of negatives (best: {rate.fa_per_hour:.2f}/h); "
                        f"{bundle.json_path} is unchanged: raise --target-fa-per-hour or train with these negatives")
     point = replayer.point(replayer.at(rate.threshold)) if replayer.positives else None
-    se.write_calibration(bundle, rate, replayer.settings, replayer.negatives, replayer.positives, point)
+    highest = replayer.highest_negatives()
+    se.write_calibration(bundle, rate, replayer.settings, replayer.negatives, replayer.positives, point, highest)
     _describe_inputs(bundle, replayer)
     if rate.target_fa_per_hour < rate.one_false_accept_per_hour:
         print(f"note: one false accept in {rate.negative_hours:.2f} h is {rate.one_false_accept_per_hour:.2f}/h, above "
@@ -409,6 +414,7 @@ def cmd_calibrate(args, timer) -> None:
           f"{rate.fa_per_hour:.2f} per hour (target {rate.target_fa_per_hour:g}; {rate.thresholds_tried} thresholds tried)")
     if point is not None:
         print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
+    print("\n".join(se.describe_highest(highest, rate.threshold)))
     print(f"wrote the threshold and a calibration record into {bundle.json_path}")
 
 

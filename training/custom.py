@@ -1290,12 +1290,14 @@ def calibrate(json_path: Path, settings: CustomSettings, inputs: Inputs) -> dict
     rate = se.threshold_for_rate(replayer, settings.target_fa_per_hour,
                                  replayer.candidate_thresholds(eval_settings.grid()))
     point = replayer.point(replayer.at(rate.threshold))
-    record = se.write_calibration(bundle, rate, replayer.settings, negatives, positives, point)
+    highest = replayer.highest_negatives()
+    record = se.write_calibration(bundle, rate, replayer.settings, negatives, positives, point, highest)
     if not rate.target_met:
         _LOGGER.warning("no threshold gives at most %g false accepts per hour on %.2f h of held-out negatives; "
                         "wrote the best, %g (%.2f/h): add negatives (--negatives) or more clips", rate.target_fa_per_hour,
                         rate.negative_hours, rate.threshold, rate.fa_per_hour)
     print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
+    print("\n".join(se.describe_highest(highest, rate.threshold)))
     speech = {str(p) for p in inputs.negatives_calibration}
     speech_hours = sum(s.duration_s for s in negatives.streams if s.name in speech) / 3600
     return {**record, "target_met": rate.target_met, "speech_hours": round(speech_hours, 4)}
@@ -1311,6 +1313,24 @@ def _spec_augment_text(augment: AugmentSettings) -> str:
         (augment.time_masks, augment.time_mask_frames, "frames"),
         (augment.frequency_masks, augment.frequency_mask_bins, "coefficients")) if count and widest]
     return f"SpecAugment masks, {' and '.join(parts)}" if parts else ""
+
+
+def _highest_negatives_text(calibration: dict) -> list[str]:
+    """The model card's table of the negative moments that scored highest; none when the record has none."""
+    highest = calibration.get("highest_negatives", [])
+    if not highest:
+        return []
+    return [
+        "## What sets the threshold",
+        "",
+        "The moments of the held-out negatives where the word scored highest: the threshold has to sit above "
+        "them (all but the allowed false accepts). Listen to them to hear what the model takes for the word.",
+        "",
+        "| score | file | seconds |",
+        "|---|---|---|",
+        *[f"| {m['score']:.4f} | {m['file']} | {m['start_s']:.1f}-{m['end_s']:.1f} |" for m in highest],
+        "",
+    ]
 
 
 def model_card(settings: CustomSettings, figures: dict) -> str:
@@ -1341,6 +1361,7 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
         f"With {held} clips one miss is {1 / max(held, 1):.1%}: treat these as rough figures. Clip accuracy on the "
         f"held-out split (int8): {figures['holdout_accuracy_int8']:.1%}.",
         "",
+        *_highest_negatives_text(calibration),
         "## Training",
         "",
         f"{figures['epochs']} epochs"

@@ -607,6 +607,32 @@ class Replayer:
     def sweep(self, thresholds: Sequence[float]) -> list[OperatingPoint]:
         return [self.point(self.at(t)) for t in thresholds]
 
+    def highest_negatives(self, count: int = 5) -> list[NegativeMoment]:
+        """The ``count`` moments of the negatives where a keyword scored highest, highest first.
+
+        Within a file, moments are at least one window plus the smoothing span apart
+        (the audio one score saw), so a word that holds the score up for several
+        inferences counts once. With few false accepts allowed, the threshold sits
+        just above the first of them: listening to them tells what the model takes
+        for its keyword.
+        """
+        keyword_columns = [i for i, label in enumerate(self.bundle.labels) if not label.startswith(BACKGROUND_PREFIX)]
+        span_s = self.bundle.window_s + self.settings.smoothing_s
+        found = []
+        for smoothed in self._negatives:
+            times, picked = smoothed.stream.times_s, []
+            for i in np.argsort(-smoothed.peak, kind="stable"):
+                if len(picked) == count:
+                    break
+                if all(abs(times[i] - times[j]) >= span_s for j in picked):
+                    picked.append(i)
+            for i in picked:
+                label = self.bundle.labels[keyword_columns[int(np.argmax(smoothed.scores[i, keyword_columns]))]]
+                end_s = min(float(times[i]), smoothed.stream.duration_s)  # not into the silence after the file
+                start_s = min(max(0.0, float(times[i]) - span_s), end_s)
+                found.append(NegativeMoment(smoothed.stream.name, start_s, end_s, label, float(smoothed.peak[i])))
+        return sorted(found, key=lambda m: -m.score)[:count]
+
     def candidate_thresholds(self, grid: np.ndarray) -> np.ndarray:
         """``grid`` plus, for every distinct peak score of the negatives in its range, the threshold just above it.
 
@@ -620,6 +646,31 @@ class Replayer:
         above = np.ceil(peaks.astype(np.float64) * scale) / scale
         above = np.where(np.float32(above) > peaks, above, above + 1 / scale)
         return self.usable(np.unique(np.round(np.concatenate([grid, above[above <= 1.0]]), THRESHOLD_DECIMALS)))
+
+
+@dataclass(frozen=True)
+class NegativeMoment:
+    """A stretch of negative audio where a keyword's smoothed score peaked: what a threshold must sit above."""
+
+    name: str
+    start_s: float
+    end_s: float
+    """The audio that score averaged over: ``end_s`` is the end of the last window (``Detection.offset_s``)."""
+    keyword: str
+    score: float
+
+    @property
+    def shown_score(self) -> float:
+        """``score`` cut to the thresholds' decimals (not rounded: a score below a threshold never shows as it)."""
+        scale = 10 ** THRESHOLD_DECIMALS
+        return math.floor(self.score * scale) / scale
+
+    def describe(self) -> str:
+        return f"{self.shown_score:.4f} '{self.keyword}' in {self.name} at {self.start_s:.1f}-{self.end_s:.1f} s"
+
+    def to_dict(self) -> dict:
+        return {"file": self.name, "start_s": round(self.start_s, 2), "end_s": round(self.end_s, 2),
+                "keyword": self.keyword, "score": self.shown_score}
 
 
 @dataclass(frozen=True)
@@ -712,6 +763,17 @@ def table(rows: Sequence[tuple[str, OperatingPoint]], conditions: Sequence[str])
     return "\n".join(lines)
 
 
+def describe_highest(highest: Sequence[NegativeMoment], threshold: float | None) -> list[str]:
+    """Lines about the negatives' highest moments: the first says how they relate to ``threshold``."""
+    if not highest:
+        return []
+    above = sum(np.float32(m.score) >= np.float32(threshold) for m in highest) if threshold is not None else 0  # as the detector
+    where = (f"; {above} of them reach the threshold {threshold:g} (false accepts)" if above
+             else f", all below the threshold {threshold:g}" if threshold is not None else "")
+    return ([f"highest-scoring moments of the negatives{where}; listen to them to hear what the model "
+             f"takes for its keyword:"] + [f"  {moment.describe()}" for moment in highest])
+
+
 def threshold_label(point: OperatingPoint, what: str) -> str:
     if point.threshold is not None:
         return f"{point.threshold:g} ({what})"
@@ -731,9 +793,11 @@ def save_det(replayer: Replayer, sweep: Sequence[OperatingPoint], marks: Mapping
 
 
 def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSettings, negatives: Negatives,
-                      positives: Positives | None = None, at_threshold: OperatingPoint | None = None) -> dict:
+                      positives: Positives | None = None, at_threshold: OperatingPoint | None = None,
+                      highest: Sequence[NegativeMoment] = ()) -> dict:
     """Put the threshold into the bundle's manifest for every keyword, with ``settings.smoothing_s`` (which the
-    threshold was chosen for) and a ``calibration`` record; atomic.
+    threshold was chosen for) and a ``calibration`` record (with ``highest``, the negative moments that scored
+    highest); atomic.
 
     The ``.tflite`` is untouched. The manifest is read again as JSON (other fields
     and their order stay), written to a temporary file and renamed over the old one,
@@ -755,6 +819,7 @@ def write_calibration(bundle: Bundle, rate: RateThreshold, settings: DetectorSet
         "negatives_skipped": len(negatives.skipped),
         "detector": {"stride_ms": settings.stride_ms, "smoothing_s": settings.smoothing_s,
                      "refractory_s": settings.refractory_s},
+        "highest_negatives": [moment.to_dict() for moment in highest],
         "previous_thresholds": previous,
         "previous_smoothing_s": previous_smoothing_s,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -767,7 +767,8 @@ def describe_highest(highest: Sequence[NegativeMoment], threshold: float | None)
     """Lines about the negatives' highest moments: the first says how they relate to ``threshold``."""
     if not highest:
         return []
-    above = sum(np.float32(m.score) >= np.float32(threshold) for m in highest) if threshold is not None else 0  # as the detector
+    # compared in float32, as the detector compares
+    above = sum(np.float32(m.score) >= np.float32(threshold) for m in highest) if threshold is not None else 0
     where = (f"; {above} of them reach the threshold {threshold:g} (false accepts)" if above
              else f", all below the threshold {threshold:g}" if threshold is not None else "")
     return ([f"highest-scoring moments of the negatives{where}; listen to them to hear what the model "

@@ -414,7 +414,8 @@ def cmd_calibrate(args, timer) -> None:
           f"{rate.fa_per_hour:.2f} per hour (target {rate.target_fa_per_hour:g}; {rate.thresholds_tried} thresholds tried)")
     if point is not None:
         print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
-    print("\n".join(se.describe_highest(highest, rate.threshold)))
+    for line in se.describe_highest(highest, rate.threshold):
+        print(line)
     print(f"wrote the threshold and a calibration record into {bundle.json_path}")
 
 

@@ -1297,7 +1297,8 @@ def calibrate(json_path: Path, settings: CustomSettings, inputs: Inputs) -> dict
                         "wrote the best, %g (%.2f/h): add negatives (--negatives) or more clips", rate.target_fa_per_hour,
                         rate.negative_hours, rate.threshold, rate.fa_per_hour)
     print(se.table([(f"{rate.threshold:g}", point)], list(point.frr)))
-    print("\n".join(se.describe_highest(highest, rate.threshold)))
+    for line in se.describe_highest(highest, rate.threshold):
+        print(line)
     speech = {str(p) for p in inputs.negatives_calibration}
     speech_hours = sum(s.duration_s for s in negatives.streams if s.name in speech) / 3600
     return {**record, "target_met": rate.target_met, "speech_hours": round(speech_hours, 4)}

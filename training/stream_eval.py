@@ -45,13 +45,14 @@ import numpy as np
 
 import kws
 from kws.audio_file import read_audio
-from kws.bundle import BACKGROUND_PREFIX, Bundle, atomic_write, load_bundle
+from kws.bundle import Bundle, atomic_write, load_bundle
 from kws.detector import Detection, Detector, DetectorSettings
 from kws.errors import AudioError, ConfigError, KwsError
 from kws.features import Mfcc
 from kws.interpreter import Classifier, make_interpreter
 from kws.spotter import stride_frames_for
 from training.data import AUDIO_SUFFIXES
+from training.mine import best_windows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -204,14 +205,18 @@ class SmoothedStream:
         return float(self.peak.max()) if self.peak.size else -1.0
 
 
+def keyword_columns(bundle: Bundle) -> list[int]:
+    """Columns of the labels that can fire, in the order of ``bundle.keywords``."""
+    return [bundle.labels.index(keyword) for keyword in bundle.keywords]
+
+
 def smooth(stream: ScoredStream, bundle: Bundle, settings: DetectorSettings) -> SmoothedStream:
     smoother = Detector(bundle.labels, settings, bundle.name)
     if len(stream.probabilities):
         scores = np.stack([smoother.smooth(p) for p in stream.probabilities])
     else:
         scores = np.zeros((0, len(bundle.labels)), np.float32)
-    keyword_columns = [i for i, label in enumerate(bundle.labels) if not label.startswith(BACKGROUND_PREFIX)]
-    peak = scores[:, keyword_columns].max(axis=1) if len(scores) else np.zeros(0, np.float32)
+    peak = scores[:, keyword_columns(bundle)].max(axis=1) if len(scores) else np.zeros(0, np.float32)
     return SmoothedStream(stream, scores, peak, settings.smoothing_steps())
 
 
@@ -616,18 +621,17 @@ class Replayer:
         just above the first of them: listening to them tells what the model takes
         for its keyword.
         """
-        keyword_columns = [i for i, label in enumerate(self.bundle.labels) if not label.startswith(BACKGROUND_PREFIX)]
+        columns = keyword_columns(self.bundle)
         span_s = self.bundle.window_s + self.settings.smoothing_s
+        features = self.bundle.features
+        stride_s = stride_frames_for(features, self.settings.stride_ms) * features.hop_samples / features.sample_rate_hz
+        apart = math.ceil(span_s / stride_s - 1e-9)  # inferences
         found = []
         for smoothed in self._negatives:
-            times, picked = smoothed.stream.times_s, []
-            for i in np.argsort(-smoothed.peak, kind="stable"):
-                if len(picked) == count:
-                    break
-                if all(abs(times[i] - times[j]) >= span_s for j in picked):
-                    picked.append(i)
+            times = smoothed.stream.times_s
+            picked = best_windows(smoothed.peak, count, 0.0, apart) if smoothed.peak.size else []
             for i in picked:
-                label = self.bundle.labels[keyword_columns[int(np.argmax(smoothed.scores[i, keyword_columns]))]]
+                label = self.bundle.labels[columns[int(np.argmax(smoothed.scores[i, columns]))]]
                 end_s = min(float(times[i]), smoothed.stream.duration_s)  # not into the silence after the file
                 start_s = min(max(0.0, float(times[i]) - span_s), end_s)
                 found.append(NegativeMoment(smoothed.stream.name, start_s, end_s, label, float(smoothed.peak[i])))

@@ -74,7 +74,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\nhard_negative_rounds = 2\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -194,14 +194,20 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     np.testing.assert_array_equal(mine.get_weights()[0], theirs.get_weights()[0])  # (names differ: Keras numbers them)
     assert model.get_layer("logits").units == 3 and base.get_layer("logits").units == 12
 
-    # the second round: windows of the training speakers' speech the first model took for the word
-    mined = json.loads((run / "hard_negatives.json").read_text())
-    sources = [re.sub(r" [+-][\d.]+ semitones$", "", m["file"]) for m in mined]  # mine_voice_shifts: -3, +3
-    assert mined and all(f in split["negatives_training"] or f.startswith("synthetic speech: ") for f in sources)
+    # rounds 2 and 3 (hard_negative_rounds = 2): windows of the training speakers' speech the model so far took
+    # for the word, mined again with the model of round 2
+    mined, again = (json.loads((run / name).read_text()) for name in ("hard_negatives.json",
+                                                                      "hard_negatives_round3.json"))
+    for found in (mined, again):
+        sources = [re.sub(r" [+-][\d.]+ semitones$", "", m["file"]) for m in found]  # mine_voice_shifts: -3, +3
+        assert found and all(f in split["negatives_training"] or f.startswith("synthetic speech: ") for f in sources)
+        assert [m["score"] for m in found] == sorted((m["score"] for m in found), reverse=True)
+    assert mined != again  # scored by different models
     assert settings["custom"]["mine_voice_shifts"] == [-3.0, 3.0]
-    assert [m["score"] for m in mined] == sorted((m["score"] for m in mined), reverse=True)
-    assert (run / "history_round1.json").is_file() and len(json.loads((run / "history.json").read_text())) == 1
-    assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined)
+    assert all((run / f"history_round{n}.json").is_file() for n in (1, 2))
+    assert len(json.loads((run / "history.json").read_text())) == 1  # round 3's one epoch
+    assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined + again)
+    assert f"then 1 more in each of 2 rounds with {len(mined + again)} mined hard negatives" in (run / "computer.md").read_text()
 
     card = (run / "computer.md").read_text()
     assert "FRR" in card and "false accept" in card and "held-out" in card
@@ -326,12 +332,15 @@ def test_bad_inputs_are_one_line(inputs, tmp_path):
     few.mkdir()
     for path in sorted(inputs["samples"].iterdir())[:3]:
         shutil.copy(path, few / path.name)
+    rounds = tmp_path / "rounds.toml"
+    rounds.write_text("[custom]\nhard_negative_rounds = 0\n")
     cases = [
         (["--word", "computer", "--samples", str(tmp_path / "missing"), "--base", "none"], "samples folder"),
         (["--word", "computer", "--samples", str(few), "--base", "none"], "at least 5"),
         (["--word", "com/puter", "--samples", str(inputs["samples"]), "--base", "none"], "--word"),
         (["--word", "computer", "--samples", str(inputs["samples"]), "--base", str(tmp_path / "nobase")],
          "--base none"),
+        (["--word", "computer", "--samples", str(inputs["samples"]), "--config", str(rounds)], "hard_negative_rounds 0"),
     ]
     for args, expected in cases:
         line = one_error_line(kws_train("custom", run, *args))

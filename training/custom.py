@@ -159,8 +159,11 @@ class CustomSettings:
     hard_negative_epochs: int = 10
     """After training, the windows of the training speech (and room) that the model takes most for the word are
     added to ``_unknown_`` and training goes on for this many epochs; 0 = no second round."""
+    hard_negative_rounds: int = 1
+    """Rounds of mining and training on: each mines with the model as it is then, adds its windows to those of the
+    rounds before and trains ``hard_negative_epochs`` more."""
     hard_negative_windows: int = 1000
-    """At most this many mined windows (the highest-scoring, one per peak)."""
+    """At most this many mined windows per round (the highest-scoring, one per peak)."""
     hard_negative_min_score: float = 0.05
     """Only windows whose word probability reaches this are mined."""
     pseudo_speech_s: float = 0.0
@@ -205,6 +208,9 @@ class CustomSettings:
             raise ConfigError(f"whisper_share {self.whisper_share:g}: give a share in [0, 1]")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
+        if self.hard_negative_rounds < 1:
+            raise ConfigError(f"hard_negative_rounds {self.hard_negative_rounds}: give 1 or more (no mining: "
+                              "--hard-negative-epochs 0)")
         if self.window_s and not MIN_WINDOW_S / 2 <= self.window_s <= 3.0:
             raise ConfigError(f"--window-s {self.window_s:g}: give 0.5 to 3 seconds (0 = from the clips)")
         if not 0 <= self.calibration_share < 1:
@@ -1102,8 +1108,11 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     mined = []
     mining_files = list(inputs.negatives_training) + list(inputs.room_files)
     if settings.hard_negative_epochs and settings.hard_negative_windows and mining_files:
-        model, corpus, maker, mined = hard_negative_round(model, corpus, settings, train_settings, inputs,
-                                                          mining_files, run_dir, timer, parts.sound_alikes, quietest)
+        extra = extra_mining_audio(settings, inputs, run_dir, timer, parts.sound_alikes)
+        for number in range(2, settings.hard_negative_rounds + 2):
+            model, corpus, maker, found = hard_negative_round(model, corpus, settings, train_settings, mining_files,
+                                                              extra, run_dir, timer, quietest, number)
+            mined += found
         parts.counts["hard negatives (mined)"] = len(mined)
     train_s = time.perf_counter() - train_started
 
@@ -1183,35 +1192,38 @@ def extra_mining_audio(settings: CustomSettings, inputs: Inputs, run_dir: Path, 
 
 
 def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
-                        inputs: Inputs, files: Sequence[Path], run_dir: Path, timer: StageTimer,
-                        sound_alikes: Sequence[str] = (), quietest_dbfs: float | None = None):
-    """Mine the training negatives with ``model``, add what it takes for the word, and train on from it.
+                        files: Sequence[Path], extra: Sequence[tuple[str, np.ndarray]], run_dir: Path,
+                        timer: StageTimer, quietest_dbfs: float | None = None, number: int = 2):
+    """Training round ``number`` (2 or more): mine the training negatives with ``model``, add what it takes for the
+    word, and train on from it.
 
-    Beside ``files``, the miner reads ``extra_mining_audio``.
-
-    The second round starts from all of ``model``'s weights (the first convolution still
-    fixed when ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``;
-    the epoch ``train_settings.keep`` names is the model. Returns (model, corpus, maker, mined).
+    Beside ``files``, the miner reads ``extra`` (``extra_mining_audio``, named float audio).
+    The round starts from all of ``model``'s weights (the first convolution still fixed when
+    ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``; the epoch
+    ``train_settings.keep`` names is the model. Its windows are listed in ``hard_negatives.json``
+    (round 2) or ``hard_negatives_roundN.json``, the round before's history moves to
+    ``history_roundN-1.json``. Returns (model, corpus, maker, mined).
     """
     from training.train import train
 
     samples = corpus.audio.shape[1]
-    extra = extra_mining_audio(settings, inputs, run_dir, timer, sound_alikes)
     names = [str(f) for f in files] + [name for name, _ in extra]
     files = [*files, *(audio for _, audio in extra)]
     with timer.stage("mine hard negatives"):
         windows, mined = mine_hard_negatives(model, files, samples, train_settings.features,
                                              corpus.labels.index(settings.word), settings.hard_negative_windows,
                                              settings.hard_negative_min_score, names=names)
-    atomic_write(run_dir / "hard_negatives.json", (json.dumps(mined, indent=1) + "\n").encode())
-    _LOGGER.info("mined %d hard negative window(s) from %d file(s) (scores %s); training %d more epochs",
-                 len(mined), len(files), f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
+    listed = "hard_negatives.json" if number == 2 else f"hard_negatives_round{number}.json"
+    atomic_write(run_dir / listed, (json.dumps(mined, indent=1) + "\n").encode())
+    _LOGGER.info("round %d: mined %d hard negative window(s) from %d file(s) (scores %s); training %d more epochs",
+                 number, len(mined), len(files),
+                 f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
                  settings.hard_negative_epochs)
     if not mined:
         return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db, quietest_dbfs), mined
-    first_history = run_dir / "history.json"
-    if first_history.exists():
-        first_history.replace(run_dir / "history_round1.json")
+    history = run_dir / "history.json"
+    if history.exists():
+        history.replace(run_dir / f"history_round{number - 1}.json")
     corpus = with_hard_negatives(corpus, windows)
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)
@@ -1366,7 +1378,9 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
         "## Training",
         "",
         f"{figures['epochs']} epochs"
-        + (f", then {settings.hard_negative_epochs} more with {mined} mined hard negatives"
+        + (f", then {settings.hard_negative_epochs} more"
+           + (f" in each of {settings.hard_negative_rounds} rounds" if settings.hard_negative_rounds > 1 else "")
+           + f" with {mined} mined hard negatives"
            + (f" (from the training speech as recorded and shifted by "
               f"{', '.join(f'{t:+g}' for t in settings.mine_voice_shifts)} semitones)"
               if settings.mine_voice_shifts else "")

@@ -1112,6 +1112,8 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
         for number in range(2, settings.hard_negative_rounds + 2):
             model, corpus, maker, found = hard_negative_round(model, corpus, settings, train_settings, mining_files,
                                                               extra, run_dir, timer, quietest, number)
+            if not found:  # nothing to train on: the model did not change, so neither would a next mining
+                break
             mined += found
         parts.counts["hard negatives (mined)"] = len(mined)
     train_s = time.perf_counter() - train_started

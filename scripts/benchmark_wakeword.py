@@ -65,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--synth", type=int, default=0, metavar="N", help="synthetic clips of the word (TTS)")
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")
     parser.add_argument("--engines", nargs="+", help="TTS engines (default: all installed)")
-    parser.add_argument("--hard-negative-epochs", type=int, metavar="N", help="second round on mined negatives")
+    parser.add_argument("--hard-negative-epochs", type=int, metavar="N",
+                        help="epochs of each mining round (default: kws-train custom's, 5)")
     parser.add_argument("--base", help="transfer base, as kws-train custom's --base (default: its default; "
                         "'none' = from scratch)")
     parser.add_argument("--target-fa-per-hour", type=float, default=0.5)

@@ -74,7 +74,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\nhard_negative_rounds = 2\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -194,7 +194,7 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     np.testing.assert_array_equal(mine.get_weights()[0], theirs.get_weights()[0])  # (names differ: Keras numbers them)
     assert model.get_layer("logits").units == 3 and base.get_layer("logits").units == 12
 
-    # rounds 2 and 3 (hard_negative_rounds = 2): windows of the training speakers' speech the model so far took
+    # rounds 2 and 3 (the default hard_negative_rounds = 2): windows of the training speakers' speech the model so far took
     # for the word, mined again with the model of round 2
     mined, again = (json.loads((run / name).read_text()) for name in ("hard_negatives.json",
                                                                       "hard_negatives_round3.json"))

@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, help="model window in seconds (default: from your clips, at least 1)")
     p.add_argument("--hard-negative-epochs", type=int, metavar="N",
                    help="then mine the training speech for what the model takes for the word, add it to _unknown_ "
-                        "and train N more epochs (default 10; 0 = off)")
+                        "and train N more epochs, in each of [custom] hard_negative_rounds (default 5 in each of "
+                        "2 rounds; 0 = off)")
     p.add_argument("--base", help="run folder with model.keras whose conv weights start training, or 'none' "
                    "(default: kws12l, the DS-CNN-L base in models/kws12l-run; kws12m and kws12 = smaller ones)")
     p.add_argument("--target-fa-per-hour", type=float, help="calibration target (default 0.5)")

@@ -156,12 +156,14 @@ class CustomSettings:
     """Also play each word and ``_unknown_`` example as quiet as the quietest of your training clips (the 5th
     percentile of their speech levels): an example whose speech is at L dBFS gets gains from
     min(``gain_db[0]``, quietest - L), so the range follows the levels your recordings hold."""
-    hard_negative_epochs: int = 10
+    hard_negative_epochs: int = 5
     """After training, the windows of the training speech (and room) that the model takes most for the word are
-    added to ``_unknown_`` and training goes on for this many epochs; 0 = no second round."""
-    hard_negative_rounds: int = 1
+    added to ``_unknown_`` and training goes on for this many epochs, in each of ``hard_negative_rounds``;
+    0 = no mining."""
+    hard_negative_rounds: int = 2
     """Rounds of mining and training on: each mines with the model as it is then, adds its windows to those of the
-    rounds before and trains ``hard_negative_epochs`` more."""
+    rounds before and trains ``hard_negative_epochs`` more. Two rounds of 5 epochs against one of 10 (the same 40
+    epochs in all) passed two screens declared before their runs (training/wake-word-record.md)."""
     hard_negative_windows: int = 1000
     """At most this many mined windows per round (the highest-scoring, one per peak)."""
     hard_negative_min_score: float = 0.05

@@ -194,8 +194,8 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     np.testing.assert_array_equal(mine.get_weights()[0], theirs.get_weights()[0])  # (names differ: Keras numbers them)
     assert model.get_layer("logits").units == 3 and base.get_layer("logits").units == 12
 
-    # rounds 2 and 3 (the default hard_negative_rounds = 2): windows of the training speakers' speech the model so far took
-    # for the word, mined again with the model of round 2
+    # rounds 2 and 3 (the default hard_negative_rounds = 2): windows of the training speakers' speech the model
+    # so far took for the word, mined again with the model of round 2
     mined, again = (json.loads((run / name).read_text()) for name in ("hard_negatives.json",
                                                                       "hard_negatives_round3.json"))
     for found in (mined, again):

@@ -441,7 +441,10 @@ def test_sd_notify_ready_watchdog_status_reloading_stopping(pulse, wavs, tmp_pat
         with Listener(["--device", "pulse"], env) as listener:
             ready = notify.wait_for(r"^READY=1\nSTATUS=listening on microphone \d+: pulse; 0 detection\(s\)$",
                                     timeout=START_TIMEOUT_S)
-            assert count_lines(listener, r"listening on microphone") == 1  # READY once the microphone is open
+            # READY once the microphone is open: its line is written before READY is sent, but this test reads the
+            # two on different paths (a pipe through a reader thread, a datagram socket), so the line may come later.
+            listener.wait_for_log(r"listening on microphone", timeout=5)
+            assert count_lines(listener, r"listening on microphone") == 1
             pulse.play(wavs["first"], SINK)
             notify.wait_for(r"^STATUS=listening on microphone \d+: pulse; 2 detection\(s\)$", timeout=10)
             pings = notify.times("WATCHDOG=1", start=ready)

@@ -114,7 +114,8 @@ class CustomSettings:
     """Synthetic clips of the word from the installed TTS engines (training only)."""
     real_share: float = 0.5
     """With synthetic clips, the user's clips are repeated until they make up at least this share of the
-    training positives (0 = no repeats)."""
+    training positives (0 = no repeats). 0.75 and 0.25 each missed more of the pipeline's own held-out ``alexa``
+    clips than 0.5 in a screen declared before its runs (training/wake-word-record.md)."""
     near_miss_clips: int = 0
     """TTS clips per near-miss text, as ``_unknown_``."""
     sound_alikes: int = 8

@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=Path, nargs="+", action="extend", metavar="DIR", required=True,
                         help="noise folders: SNR conditions, training noise and calibration negatives")
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: kws-train custom's, 30)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: kws-train custom's, 45)")
     parser.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
     parser.add_argument("--synth", type=int, default=0, metavar="N", help="synthetic clips of the word (TTS)")
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")

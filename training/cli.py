@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", help="TTS engines for --synth and --near-misses (default: all installed)")
     p.add_argument("--holdout", type=float, help="share of your clips held out for evaluation (default 0.2)")
     p.add_argument("--seed", type=int, help="seed of the splits, TTS and training (default 0)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    p.add_argument("--epochs", type=int, help="training epochs before mining (default 45)")
     p.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
     p.add_argument("--window-s", type=float, help="model window in seconds (default: from your clips, at least 1)")
     p.add_argument("--hard-negative-epochs", type=int, metavar="N",

@@ -50,6 +50,8 @@ EXTRA_HELD_OUT = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from training.custom import DEFAULT_TRAIN
+
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="folder of recordings of one word (its name is the word)")
     parser.add_argument("--word", help="the word (default: the folder's name)")
@@ -60,8 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=Path, nargs="+", action="extend", metavar="DIR", required=True,
                         help="noise folders: SNR conditions, training noise and calibration negatives")
     parser.add_argument("--run-dir", type=Path, help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: kws-train custom's, 45)")
-    parser.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
+    parser.add_argument("--epochs", type=int,
+                        help=f"training epochs before mining (default: kws-train custom's, {DEFAULT_TRAIN['epochs']})")
+    parser.add_argument("--clips-per-class", type=int,
+                        help=f"examples per class per epoch (default {DEFAULT_TRAIN['clips_per_class']})")
     parser.add_argument("--synth", type=int, default=0, metavar="N", help="synthetic clips of the word (TTS)")
     parser.add_argument("--near-misses", type=int, default=0, metavar="N", help="TTS clips per near-miss text")
     parser.add_argument("--engines", nargs="+", help="TTS engines (default: all installed)")

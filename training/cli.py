@@ -441,6 +441,8 @@ def _add_stream_options(p: argparse.ArgumentParser, negatives_required: bool) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.custom import DEFAULT_TRAIN  # cheap (no TensorFlow); the help states its defaults
+
     parser = argparse.ArgumentParser(prog="kws-train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
@@ -517,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", help="TTS engines for --synth and --near-misses (default: all installed)")
     p.add_argument("--holdout", type=float, help="share of your clips held out for evaluation (default 0.2)")
     p.add_argument("--seed", type=int, help="seed of the splits, TTS and training (default 0)")
-    p.add_argument("--epochs", type=int, help="training epochs before mining (default 45)")
-    p.add_argument("--clips-per-class", type=int, help="examples per class per epoch (default 1000)")
+    p.add_argument("--epochs", type=int, help=f"training epochs before mining (default {DEFAULT_TRAIN['epochs']})")
+    p.add_argument("--clips-per-class", type=int,
+                   help=f"examples per class per epoch (default {DEFAULT_TRAIN['clips_per_class']})")
     p.add_argument("--window-s", type=float, help="model window in seconds (default: from your clips, at least 1)")
     p.add_argument("--hard-negative-epochs", type=int, metavar="N",
                    help="then mine the training speech for what the model takes for the word, add it to _unknown_ "

@@ -74,7 +74,7 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\nhard_negative_share = 0.5\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -208,6 +208,9 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     assert len(json.loads((run / "history.json").read_text())) == 1  # round 3's one epoch
     assert json.loads((run / "figures.json").read_text())["examples"]["hard negatives (mined)"] == len(mined + again)
     assert f"then 1 more in each of 2 rounds with {len(mined + again)} mined hard negatives" in (run / "computer.md").read_text()
+    log = result.stderr.decode()  # hard_negative_share = 0.5: round 3 draws from both rounds' windows
+    assert f"round 2: 50% of each epoch's _unknown_ examples from the {len(mined)} window(s) mined so far" in log
+    assert f"round 3: 50% of each epoch's _unknown_ examples from the {len(mined + again)} window(s) mined" in log
 
     card = (run / "computer.md").read_text()
     assert "FRR" in card and "false accept" in card and "held-out" in card
@@ -326,6 +329,27 @@ def test_with_gain_to_quietest_each_example_can_be_played_as_quiet_as_the_quiete
     assert level[(labels != 0) & (level > -50)].min() > 20 * np.log10(0.1 / np.sqrt(2)) - 10.01
 
 
+def test_a_hard_negative_share_draws_that_share_of_unknown_from_the_mined_windows(tmp_path):
+    from training.train import Corpus, EpochMaker
+
+    argv = ["custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(tmp_path), "--base", "none"]
+    settings, train = _custom_settings(build_parser().parse_args(argv))
+    assert settings.hard_negative_share == 0.0
+    corpus = Corpus(audio=np.zeros((9, 16000), np.int16), label=np.array([1, 1, 1, 1, 2, 2, 1, 1, 1]),
+                    split=np.array(["training"] * 8 + ["validation"]), noise=[np.zeros(16000, np.float32)],
+                    labels=("_silence_", "_unknown_", "computer"))
+    plain = dataclasses.replace(train, clips_per_class=300)
+    rows = custom.GainEpochs(corpus, plain, settings.gain_db, mined=np.arange(6, 9), mined_share=0.4).draw(
+        1, np.random.default_rng(0))
+    assert len(rows) == 300 and np.isin(rows, [6, 7]).sum() == 120 and 8 not in rows  # 40% mined; 8 validates
+    assert set(rows[~np.isin(rows, [6, 7])]) == {0, 1, 2, 3}
+    assert set(custom.GainEpochs(corpus, plain, settings.gain_db, mined=np.arange(6, 9)).draw(
+        2, np.random.default_rng(0))) == {4, 5}  # the word's rows as ever
+    for mined in (None, np.arange(6, 9)):  # share 0 (the default): the draws of EpochMaker, row for row
+        unshared = custom.GainEpochs(corpus, plain, settings.gain_db, mined=mined).draw(1, np.random.default_rng(3))
+        np.testing.assert_array_equal(unshared, EpochMaker(corpus, plain).draw(1, np.random.default_rng(3)))
+
+
 def test_bad_inputs_are_one_line(inputs, tmp_path):
     run = str(tmp_path / "run")
     few = tmp_path / "few"
@@ -334,6 +358,8 @@ def test_bad_inputs_are_one_line(inputs, tmp_path):
         shutil.copy(path, few / path.name)
     rounds = tmp_path / "rounds.toml"
     rounds.write_text("[custom]\nhard_negative_rounds = 0\n")
+    share = tmp_path / "share.toml"
+    share.write_text("[custom]\nhard_negative_share = 1\n")  # no other _unknown_ examples left at all
     cases = [
         (["--word", "computer", "--samples", str(tmp_path / "missing"), "--base", "none"], "samples folder"),
         (["--word", "computer", "--samples", str(few), "--base", "none"], "at least 5"),
@@ -341,6 +367,8 @@ def test_bad_inputs_are_one_line(inputs, tmp_path):
         (["--word", "computer", "--samples", str(inputs["samples"]), "--base", str(tmp_path / "nobase")],
          "--base none"),
         (["--word", "computer", "--samples", str(inputs["samples"]), "--config", str(rounds)], "hard_negative_rounds 0"),
+        (["--word", "computer", "--samples", str(inputs["samples"]), "--config", str(share)],
+         "hard_negative_share 1: give a share in [0, 1)"),
     ]
     for args, expected in cases:
         line = one_error_line(kws_train("custom", run, *args))

@@ -171,6 +171,10 @@ class CustomSettings:
     """At most this many mined windows per round (the highest-scoring, one per peak)."""
     hard_negative_min_score: float = 0.05
     """Only windows whose word probability reaches this are mined."""
+    hard_negative_share: float = 0.0
+    """In the mining rounds, this share of each epoch's ``_unknown_`` examples is drawn from the windows mined so
+    far, the rest from the other ``_unknown_`` examples; 0 = the mined windows are drawn like any other example
+    (in the benchmark's runs, at most 1,000 among some 7,000 after the first mining)."""
     pseudo_speech_s: float = 0.0
     """Also mine this much pseudo-running speech: Speech Commands words (not the word) strung together without
     pauses, thousands of voices and word junctions the long-form speech lacks; 0 = none (needs speech_commands)."""
@@ -213,6 +217,8 @@ class CustomSettings:
             raise ConfigError(f"whisper_share {self.whisper_share:g}: give a share in [0, 1]")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
+        if not 0 <= self.hard_negative_share < 1:
+            raise ConfigError(f"hard_negative_share {self.hard_negative_share:g}: give a share in [0, 1)")
         if self.hard_negative_rounds < 1:
             raise ConfigError(f"hard_negative_rounds {self.hard_negative_rounds}: give 1 or more (no mining: "
                               "--hard-negative-epochs 0)")
@@ -747,10 +753,25 @@ class GainEpochs(EpochMaker):
     """
 
     def __init__(self, corpus: Corpus, settings: TrainSettings, gain_db: tuple[float, float],
-                 quietest_dbfs: float | None = None):
+                 quietest_dbfs: float | None = None, mined: np.ndarray | None = None, mined_share: float = 0.0):
         super().__init__(corpus, settings)
         self.gain_db = gain_db
         self.quietest_dbfs = quietest_dbfs
+        self.unknown = corpus.labels.index(data.UNKNOWN)
+        training = self.by_class[self.unknown]
+        self.mined = np.intersect1d(mined if mined is not None and mined_share else [], training).astype(np.int64)
+        self.mined_share = mined_share
+        self.not_mined = np.setdiff1d(training, self.mined)
+
+    def draw(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``EpochMaker.draw``, but ``mined_share`` of ``_unknown_``'s rows from ``mined`` (with replacement only
+        if it has fewer), the rest from its other rows."""
+        if k != self.unknown or not len(self.mined) or not len(self.not_mined):
+            return super().draw(k, rng)
+        count = int(round(self.per_class * self.mined_share))
+        return np.concatenate([
+            rng.choice(self.mined, count, replace=len(self.mined) < count),
+            rng.choice(self.not_mined, self.per_class - count, replace=len(self.not_mined) < self.per_class - count)])
 
     def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         audio, labels = super().epoch_audio(rng)
@@ -1114,9 +1135,10 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
     mining_files = list(inputs.negatives_training) + list(inputs.room_files)
     if settings.hard_negative_epochs and settings.hard_negative_windows and mining_files:
         extra = extra_mining_audio(settings, inputs, run_dir, timer, parts.sound_alikes)
+        first_mined = len(corpus.audio)  # every round appends its windows to the corpus
         for number in range(2, settings.hard_negative_rounds + 2):
             model, corpus, maker, found = hard_negative_round(model, corpus, settings, train_settings, mining_files,
-                                                              extra, run_dir, timer, quietest, number)
+                                                              extra, run_dir, timer, quietest, number, first_mined)
             if not found:  # nothing to train on: the model did not change, so neither would a next mining
                 break
             mined += found
@@ -1200,11 +1222,14 @@ def extra_mining_audio(settings: CustomSettings, inputs: Inputs, run_dir: Path, 
 
 def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
                         files: Sequence[Path], extra: Sequence[tuple[str, np.ndarray]], run_dir: Path,
-                        timer: StageTimer, quietest_dbfs: float | None = None, number: int = 2):
+                        timer: StageTimer, quietest_dbfs: float | None = None, number: int = 2,
+                        first_mined: int | None = None):
     """Training round ``number`` (2 or more): mine the training negatives with ``model``, add what it takes for the
     word, and train on from it.
 
-    Beside ``files``, the miner reads ``extra`` (``extra_mining_audio``, named float audio).
+    Beside ``files``, the miner reads ``extra`` (``extra_mining_audio``, named float audio). The rows of ``corpus``
+    from ``first_mined`` on (default: its end) are the rounds before's windows; with ``hard_negative_share`` the
+    round's epochs draw that share of ``_unknown_`` from them and this round's.
     The round starts from all of ``model``'s weights (the first convolution still fixed when
     ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``; the epoch
     ``train_settings.keep`` names is the model. Its windows are listed in ``hard_negatives.json``
@@ -1231,10 +1256,12 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     history = run_dir / "history.json"
     if history.exists():
         history.replace(run_dir / f"history_round{number - 1}.json")
+    first_mined = len(corpus.audio) if first_mined is None else first_mined
     corpus = with_hard_negatives(corpus, windows)
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)
-    maker = GainEpochs(corpus, round_settings, settings.gain_db, quietest_dbfs)
+    maker = GainEpochs(corpus, round_settings, settings.gain_db, quietest_dbfs,
+                       np.arange(first_mined, len(corpus.audio)), settings.hard_negative_share)
     weights = model.get_weights()
 
     def resume(fresh) -> None:
@@ -1242,6 +1269,9 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
         if settings.base is not None and settings.freeze_first_conv:
             freeze_first_convolution(fresh)
 
+    if len(maker.mined):
+        _LOGGER.info("round %d: %.0f%% of each epoch's _unknown_ examples from the %d window(s) mined so far",
+                     number, 100 * maker.mined_share, len(maker.mined))
     model = train(corpus, round_settings, run_dir, timer, maker=maker, prepare_model=resume)
     return model, corpus, maker, mined
 

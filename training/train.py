@@ -127,11 +127,11 @@ class EpochMaker:
     def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One balanced, shuffled, augmented epoch: float32 audio ``(n, samples)`` and label indices."""
         rows, labels = [], []
-        for k, pool in enumerate(self.by_class):
+        for k in range(len(self.by_class)):
             if k == self.silence:
                 rows.append(np.full(self.per_class, -1))
             else:
-                rows.append(rng.choice(pool, self.per_class, replace=len(pool) < self.per_class))
+                rows.append(self.draw(k, rng))
             labels.append(np.full(self.per_class, k))
         rows, labels = np.concatenate(rows), np.concatenate(labels)
         order = rng.permutation(len(rows))
@@ -141,6 +141,11 @@ class EpochMaker:
         x = augment(audio, is_silence, self.corpus.noise, self.settings.augment,
                     self.settings.features.sample_rate_hz, rng, self.corpus.responses)
         return x, labels
+
+    def draw(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``per_class`` training rows of class ``k`` for one epoch (with replacement only if it has fewer)."""
+        pool = self.by_class[k]
+        return rng.choice(pool, self.per_class, replace=len(pool) < self.per_class)
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One epoch as features ``(n, frames, coefficients)`` and label indices."""

@@ -759,7 +759,7 @@ class GainEpochs(EpochMaker):
         self.quietest_dbfs = quietest_dbfs
         self.unknown = corpus.labels.index(data.UNKNOWN)
         training = self.by_class[self.unknown]
-        self.mined = np.intersect1d(mined if mined is not None and mined_share else [], training).astype(np.int64)
+        self.mined = np.intersect1d(mined, training) if mined is not None and mined_share else training[:0]
         self.mined_share = mined_share
         self.not_mined = np.setdiff1d(training, self.mined)
 
@@ -1222,14 +1222,13 @@ def extra_mining_audio(settings: CustomSettings, inputs: Inputs, run_dir: Path, 
 
 def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_settings: TrainSettings,
                         files: Sequence[Path], extra: Sequence[tuple[str, np.ndarray]], run_dir: Path,
-                        timer: StageTimer, quietest_dbfs: float | None = None, number: int = 2,
-                        first_mined: int | None = None):
+                        timer: StageTimer, quietest_dbfs: float | None, number: int, first_mined: int):
     """Training round ``number`` (2 or more): mine the training negatives with ``model``, add what it takes for the
     word, and train on from it.
 
     Beside ``files``, the miner reads ``extra`` (``extra_mining_audio``, named float audio). The rows of ``corpus``
-    from ``first_mined`` on (default: its end) are the rounds before's windows; with ``hard_negative_share`` the
-    round's epochs draw that share of ``_unknown_`` from them and this round's.
+    from ``first_mined`` on are the windows of the rounds before; with ``hard_negative_share`` the round's epochs
+    draw that share of ``_unknown_`` from them and this round's.
     The round starts from all of ``model``'s weights (the first convolution still fixed when
     ``freeze_first_conv``) at half the learning rate, for ``hard_negative_epochs``; the epoch
     ``train_settings.keep`` names is the model. Its windows are listed in ``hard_negatives.json``
@@ -1256,7 +1255,6 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     history = run_dir / "history.json"
     if history.exists():
         history.replace(run_dir / f"history_round{number - 1}.json")
-    first_mined = len(corpus.audio) if first_mined is None else first_mined
     corpus = with_hard_negatives(corpus, windows)
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)

@@ -406,6 +406,13 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
     top = figures["highest_negatives"][0]
     assert f"(what sets the threshold): {top['score']:.4f} '{top['keyword']}' in {top['file']} at " in out
     assert len(list((tmp_path / "run" / "samples").iterdir())) == 8
+    held_out = {p.name for p in word.iterdir()} - {p.name for p in (tmp_path / "run" / "samples").iterdir()}
+    missed = figures["missed_at_target"]  # the clips behind each FRR, as the detector replays them
+    assert list(missed) == list(figures["at_target"]["frr"]) and any(missed.values())  # one tiny epoch misses some
+    for condition, names in missed.items():
+        assert len(names) == round(5 * figures["at_target"]["frr"][condition])
+        assert {Path(name).name for name in names} <= held_out and len(set(names)) == len(names)
+    assert f"- missed at 0.5 FA/h, clean: {', '.join(Path(n).name for n in missed['clean']) or 'none'}\n" in out
 
     # the same bundle measured again at another smoothing span: its split made again, a copy calibrated, no training
     again = subprocess.run(

@@ -596,18 +596,24 @@ class Replayer:
     def point(self, settings: DetectorSettings) -> OperatingPoint:
         false_accepts = self.false_accepts(settings) if self.negatives else None
         frr, wrong = {}, {}
-        if self.positives:
-            lowest = self._lowest(settings)
-            for condition, streams in self._positives.items():
-                misses = wrong_count = 0
-                for stream in streams:
-                    fired = [d.keyword for d in replay(stream, self.bundle, settings)] if stream.top >= lowest else []
-                    misses += self.positives.keyword not in fired
-                    wrong_count += sum(k != self.positives.keyword for k in fired)
-                frr[condition] = misses / max(len(streams), 1)
-                wrong[condition] = wrong_count
+        for condition, outcomes in self._fired(settings).items():
+            frr[condition] = sum(self.positives.keyword not in fired for fired in outcomes) / max(len(outcomes), 1)
+            wrong[condition] = sum(k != self.positives.keyword for fired in outcomes for k in fired)
         return OperatingPoint(dict(settings.thresholds), false_accepts,
                               None if false_accepts is None else false_accepts / self.hours, frr, wrong)
+
+    def _fired(self, settings: DetectorSettings) -> dict[str, list[list[str]]]:
+        """Per positive condition: the keywords each clip's stream fired, in the order of the clips."""
+        lowest = self._lowest(settings)
+        return {condition: [[d.keyword for d in replay(stream, self.bundle, settings)] if stream.top >= lowest else []
+                            for stream in streams]
+                for condition, streams in self._positives.items()}
+
+    def missed(self, settings: DetectorSettings) -> dict[str, list[str]]:
+        """Per positive condition: the clips (stream names) whose keyword did not fire, as ``point`` counts them."""
+        return {condition: [stream.stream.name for stream, fired in zip(self._positives[condition], outcomes)
+                            if self.positives.keyword not in fired]
+                for condition, outcomes in self._fired(settings).items()}
 
     def sweep(self, thresholds: Sequence[float]) -> list[OperatingPoint]:
         return [self.point(self.at(t)) for t in thresholds]

@@ -182,13 +182,12 @@ def evaluate(bundle_path: Path, run_dir: Path, held_out: list[Path], noise_folde
     replayer = se.Replayer(bundle, detector_settings_for(bundle), negatives, positives)
     rate = se.threshold_for_rate(replayer, target, replayer.candidate_thresholds(settings.grid()))
     at_rate = replayer.point(replayer.at(rate.threshold))
-    missed = replayer.missed(replayer.at(rate.threshold))
     calibrated = bundle.thresholds[word]
     at_calibrated = replayer.point(replayer.at(calibrated))
     speech_names = {str(p) for p in speech}
     speech_hours = sum(s.duration_s for s in negatives.streams if s.name in speech_names) / 3600
     return {"replayer": replayer, "settings": settings,
-            "rate": rate, "at_rate": at_rate, "missed": missed, "calibrated": calibrated, "at_calibrated": at_calibrated,
+            "rate": rate, "at_rate": at_rate, "calibrated": calibrated, "at_calibrated": at_calibrated,
             "conditions": settings.conditions, "positives": positives.clips, "hours": negatives.hours,
             "speech_hours": speech_hours, "skipped": len(positives.skipped) + len(negatives.skipped),
             "highest": replayer.highest_negatives(3)}
@@ -224,7 +223,7 @@ def report(word: str, count: int, seed: int, result: dict, figures: dict, wall_s
         "- highest-scoring moments of the negatives (what sets the threshold): "
         + "; ".join(moment.describe() for moment in result["highest"]),
         f"- missed at {rate.target_fa_per_hour:g} FA/h, clean: "
-        + (", ".join(Path(name).name for name in result["missed"][CLEAN]) or "none"),
+        + (", ".join(Path(name).name for name in at_rate.missed[CLEAN]) or "none"),
     ]
     if stages:
         lines.append("- stages (the prefetch stage overlaps fit): " + ", ".join(f"{name} {secs:.0f} s" for name, secs in
@@ -251,7 +250,7 @@ def save_results(run_dir: Path, word: str, args: argparse.Namespace, result: dic
             "at_calibrated": result["at_calibrated"].to_dict(), "wall_s": round(wall_s, 1),
             "train_s": figures["train_s"], "examples": figures["examples"],
             "highest_negatives": [moment.to_dict() for moment in result["highest"]],
-            "missed_at_target": result["missed"],
+            "missed_at_target": dict(result["at_rate"].missed),
             "det": [p.to_dict() for p in sweep]}
     atomic_write(run_dir / "benchmark.json", (json.dumps(body, indent=1) + "\n").encode())
     print(f"\nwrote {run_dir / 'det.png'} and {run_dir / 'benchmark.json'}")

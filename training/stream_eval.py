@@ -538,6 +538,9 @@ class OperatingPoint:
     """Per positive condition: the share of clips whose keyword did not fire."""
     wrong_keyword: Mapping[str, int]
     """Per positive condition: detections of another keyword (false accepts on positives)."""
+    missed: Mapping[str, tuple[str, ...]]
+    """Per positive condition: the clips (stream names) whose keyword did not fire, behind ``frr``; not in
+    ``to_dict``, which every point of a DET curve writes."""
 
     @property
     def threshold(self) -> float | None:
@@ -595,25 +598,21 @@ class Replayer:
 
     def point(self, settings: DetectorSettings) -> OperatingPoint:
         false_accepts = self.false_accepts(settings) if self.negatives else None
-        frr, wrong = {}, {}
-        for condition, outcomes in self._fired(settings).items():
-            frr[condition] = sum(self.positives.keyword not in fired for fired in outcomes) / max(len(outcomes), 1)
-            wrong[condition] = sum(k != self.positives.keyword for fired in outcomes for k in fired)
+        frr, wrong, missed = {}, {}, {}
+        if self.positives:
+            lowest = self._lowest(settings)
+            for condition, streams in self._positives.items():
+                missing, wrong_count = [], 0
+                for stream in streams:
+                    fired = [d.keyword for d in replay(stream, self.bundle, settings)] if stream.top >= lowest else []
+                    if self.positives.keyword not in fired:
+                        missing.append(stream.stream.name)
+                    wrong_count += sum(k != self.positives.keyword for k in fired)
+                frr[condition] = len(missing) / max(len(streams), 1)
+                wrong[condition] = wrong_count
+                missed[condition] = tuple(missing)
         return OperatingPoint(dict(settings.thresholds), false_accepts,
-                              None if false_accepts is None else false_accepts / self.hours, frr, wrong)
-
-    def _fired(self, settings: DetectorSettings) -> dict[str, list[list[str]]]:
-        """Per positive condition: the keywords each clip's stream fired, in the order of the clips."""
-        lowest = self._lowest(settings)
-        return {condition: [[d.keyword for d in replay(stream, self.bundle, settings)] if stream.top >= lowest else []
-                            for stream in streams]
-                for condition, streams in self._positives.items()}
-
-    def missed(self, settings: DetectorSettings) -> dict[str, list[str]]:
-        """Per positive condition: the clips (stream names) whose keyword did not fire, as ``point`` counts them."""
-        return {condition: [stream.stream.name for stream, fired in zip(self._positives[condition], outcomes)
-                            if self.positives.keyword not in fired]
-                for condition, outcomes in self._fired(settings).items()}
+                              None if false_accepts is None else false_accepts / self.hours, frr, wrong, missed)
 
     def sweep(self, thresholds: Sequence[float]) -> list[OperatingPoint]:
         return [self.point(self.at(t)) for t in thresholds]

@@ -117,6 +117,22 @@ def test_transfer_copies_conv_weights_across_window_lengths(base_run):
     assert model.get_layer("logits").units == 3 and not model.layers[1].trainable
 
 
+def test_frozen_blocks_keep_the_lower_blocks_of_the_base_fixed(base_run):
+    import keras
+
+    from training.models import build_model
+
+    base = keras.models.load_model(base_run / "model.keras")
+    model = build_model("ds-cnn-s", (50, 10), 3)
+    custom.transfer_weights(model, base, freeze_first_conv=True, frozen_blocks=2)
+    weighted = [l for l in model.layers if l.weights]
+    assert [l.trainable for l in weighted] == [False] * 10 + [True] * 9  # conv, norm, 2 x 4 block layers; logits
+    with pytest.raises(custom.ConfigError, match="only 4 blocks"):
+        custom.transfer_weights(build_model("ds-cnn-s", (50, 10), 3), base, True, frozen_blocks=5)
+    with pytest.raises(custom.ConfigError, match="frozen_blocks 1"):
+        custom.CustomSettings(word="w", samples_dir=Path("clips"), frozen_blocks=1, freeze_first_conv=False)
+
+
 def test_the_default_base_is_the_bigger_shipped_one_and_fits_a_wake_word_model():
     import keras
 

@@ -141,6 +141,9 @@ class CustomSettings:
     """Run folder (or ``.keras`` file) of a float model whose convolutional weights start training; None = scratch."""
     freeze_first_conv: bool = True
     """Keep the base's first convolution (and its batch norm) fixed for the whole training."""
+    frozen_blocks: int = 0
+    """With ``freeze_first_conv``: also keep this many of the base's depthwise-separable blocks after the first
+    convolution fixed, the lower layers the base learned from thousands of voices."""
     calibration_share: float = 0.5
     """Share of each ``negatives`` path's speaker folders kept for calibration (paths with one folder: none)."""
     max_speech_windows: int = 4000
@@ -219,6 +222,8 @@ class CustomSettings:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
         if not 0 <= self.hard_negative_share < 1:
             raise ConfigError(f"hard_negative_share {self.hard_negative_share:g}: give a share in [0, 1)")
+        if self.frozen_blocks < 0 or (self.frozen_blocks and not self.freeze_first_conv):
+            raise ConfigError(f"frozen_blocks {self.frozen_blocks}: give 0 or more, with freeze_first_conv = true")
         if self.hard_negative_rounds < 1:
             raise ConfigError(f"hard_negative_rounds {self.hard_negative_rounds}: give 1 or more (no mining: "
                               "--hard-negative-epochs 0)")
@@ -1034,21 +1039,25 @@ def with_hard_negatives(corpus: Corpus, windows: np.ndarray) -> Corpus:
 # --- transfer -----------------------------------------------------------------------------------------------
 
 
-def freeze_first_convolution(model) -> None:
-    """Keep ``model``'s first convolution and its batch norm as they are (set before compiling)."""
+def freeze_first_convolution(model, blocks: int = 0) -> None:
+    """Keep ``model``'s first convolution, its batch norm and the ``blocks`` depthwise-separable blocks after it as
+    they are (set before compiling)."""
     from keras import layers
 
-    first = next(i for i, l in enumerate(model.layers) if isinstance(l, layers.Conv2D))
-    for layer in model.layers[first : first + 2]:
+    weighted = [l for l in model.layers if l.weights and not isinstance(l, layers.Dense)]
+    fixed = 2 + 4 * blocks  # the convolution and its batch norm; per block depthwise, norm, pointwise, norm
+    if fixed > len(weighted):
+        raise ConfigError(f"frozen_blocks {blocks}: the model has only {(len(weighted) - 2) // 4} blocks")
+    for layer in weighted[:fixed]:
         layer.trainable = False
 
 
-def transfer_weights(model, base_model, freeze_first_conv: bool) -> list[str]:
+def transfer_weights(model, base_model, freeze_first_conv: bool, frozen_blocks: int = 0) -> list[str]:
     """Copy every layer's weights but the dense classifier's from ``base_model``; names of the copied layers.
 
     DS-CNN pools globally before its dense layer, so the convolutional weights fit any
     window length. With ``freeze_first_conv`` the first convolution and its batch norm
-    stay as the base has them.
+    (and the first ``frozen_blocks`` blocks) stay as the base has them.
     """
     from keras import layers
 
@@ -1067,7 +1076,7 @@ def transfer_weights(model, base_model, freeze_first_conv: bool) -> list[str]:
         mine.set_weights(source.get_weights())
         copied.append(mine.name)
     if freeze_first_conv:
-        freeze_first_convolution(model)
+        freeze_first_convolution(model, frozen_blocks)
     return copied
 
 
@@ -1123,9 +1132,9 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
         import keras
 
         base_model = keras.models.load_model(base if base.suffix == ".keras" else base / "model.keras")
-        copied.extend(transfer_weights(model, base_model, settings.freeze_first_conv))
+        copied.extend(transfer_weights(model, base_model, settings.freeze_first_conv, settings.frozen_blocks))
         _LOGGER.info("initialised %d layers from %s%s; the classifier is new", len(copied), base,
-                     " (first convolution frozen)" if settings.freeze_first_conv else "")
+                     _frozen_text(settings, " (first convolution%s frozen)"))
 
     quietest = parts.quietest_dbfs
     maker = GainEpochs(corpus, train_settings, settings.gain_db, quietest)
@@ -1169,7 +1178,8 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                "near_misses_said_as_word": parts.said_as_word,
                "holdout_accuracy_int8": evaluation["int8"]["accuracy"], "calibration": calibration,
                "base": str(base) if base else None, "transferred_layers": len(copied),
-               "freeze_first_conv": bool(base) and settings.freeze_first_conv, "epochs": train_settings.epochs,
+               "freeze_first_conv": bool(base) and settings.freeze_first_conv,
+               "frozen_blocks": settings.frozen_blocks if base else 0, "epochs": train_settings.epochs,
                "spec_augment": _spec_augment_text(train_settings.augment),
                "quietest_dbfs": quietest}
     card = model_card(settings, figures)
@@ -1265,7 +1275,7 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     def resume(fresh) -> None:
         fresh.set_weights(weights)
         if settings.base is not None and settings.freeze_first_conv:
-            freeze_first_convolution(fresh)
+            freeze_first_convolution(fresh, settings.frozen_blocks)
 
     if len(maker.mined):
         _LOGGER.info("round %d: %.0f%% of each epoch's _unknown_ examples from the %d window(s) mined so far",
@@ -1355,6 +1365,13 @@ def _hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
 
 
+def _frozen_text(settings: CustomSettings, template: str) -> str:
+    """``template`` with " and the N block(s) after it" (``frozen_blocks``) in its ``%s``; empty without
+    ``freeze_first_conv``."""
+    blocks = f" and the {settings.frozen_blocks} block(s) after it" if settings.frozen_blocks else ""
+    return template % blocks if settings.freeze_first_conv else ""
+
+
 def _spec_augment_text(augment: AugmentSettings) -> str:
     """The SpecAugment masks of ``augment`` in words; empty when off."""
     parts = [f"{count} of up to {widest} {unit}" for count, widest, unit in (
@@ -1422,7 +1439,7 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            if (mined := figures["examples"].get("hard negatives (mined)")) else "")
         + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
         + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{_shown(figures['base'])}`"
-           + (", the first convolution kept fixed" if figures["freeze_first_conv"] else "") + "; the classifier is new."
+           + (_frozen_text(settings, ", the first convolution%s kept fixed") if figures["freeze_first_conv"] else "") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
         f"Examples (before augmentation: noise, speed, gain {settings.gain_db[0]:+g} to {settings.gain_db[1]:+g} dB"

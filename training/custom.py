@@ -1439,7 +1439,8 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            if (mined := figures["examples"].get("hard negatives (mined)")) else "")
         + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
         + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{_shown(figures['base'])}`"
-           + (_frozen_text(settings, ", the first convolution%s kept fixed") if figures["freeze_first_conv"] else "") + "; the classifier is new."
+           + (_frozen_text(settings, ", the first convolution%s kept fixed") if figures["freeze_first_conv"] else "")
+           + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
         f"Examples (before augmentation: noise, speed, gain {settings.gain_db[0]:+g} to {settings.gain_db[1]:+g} dB"

@@ -1039,7 +1039,7 @@ def with_hard_negatives(corpus: Corpus, windows: np.ndarray) -> Corpus:
 # --- transfer -----------------------------------------------------------------------------------------------
 
 
-def freeze_first_convolution(model, blocks: int = 0) -> None:
+def freeze_lower_layers(model, blocks: int = 0) -> None:
     """Keep ``model``'s first convolution, its batch norm and the ``blocks`` depthwise-separable blocks after it as
     they are (set before compiling)."""
     from keras import layers
@@ -1076,7 +1076,7 @@ def transfer_weights(model, base_model, freeze_first_conv: bool, frozen_blocks: 
         mine.set_weights(source.get_weights())
         copied.append(mine.name)
     if freeze_first_conv:
-        freeze_first_convolution(model, frozen_blocks)
+        freeze_lower_layers(model, frozen_blocks)
     return copied
 
 
@@ -1275,7 +1275,7 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     def resume(fresh) -> None:
         fresh.set_weights(weights)
         if settings.base is not None and settings.freeze_first_conv:
-            freeze_first_convolution(fresh, settings.frozen_blocks)
+            freeze_lower_layers(fresh, settings.frozen_blocks)
 
     if len(maker.mined):
         _LOGGER.info("round %d: %.0f%% of each epoch's _unknown_ examples from the %d window(s) mined so far",
@@ -1439,8 +1439,7 @@ def model_card(settings: CustomSettings, figures: dict) -> str:
            if (mined := figures["examples"].get("hard negatives (mined)")) else "")
         + f", {figures['train_s']:.0f} s of training, {figures['total_s']:.0f} s in all. "
         + (f"Convolutional layers ({figures['transferred_layers']}) initialised from `{_shown(figures['base'])}`"
-           + (_frozen_text(settings, ", the first convolution%s kept fixed") if figures["freeze_first_conv"] else "")
-           + "; the classifier is new."
+           + _frozen_text(settings, ", the first convolution%s kept fixed") + "; the classifier is new."
            if figures["base"] else "Trained from scratch (`--base none`)."),
         "",
         f"Examples (before augmentation: noise, speed, gain {settings.gain_db[0]:+g} to {settings.gain_db[1]:+g} dB"

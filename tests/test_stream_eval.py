@@ -98,6 +98,31 @@ def test_negatives_from_an_index_leave_out_keyword_transcripts(inputs, evaluatio
     assert se.mentions("OK HEY JARVIS LIGHTS", "hey_jarvis") and not se.mentions("HEY THERE JARVIS", "hey_jarvis")
 
 
+def test_negatives_in_librispeech_layout_leave_out_keyword_transcripts(inputs, tmp_path):
+    """LibriSpeech as released: SPEAKER/CHAPTER/ID.flac with SPEAKER-CHAPTER.trans.txt beside them, no INDEX.csv."""
+    chapters: dict = {}
+    for row in inputs["free"] + inputs["spoken"]:
+        utterance = row["path"].split("/")[-1].rsplit(".", 1)[0]
+        speaker, chapter, _ = utterance.split("-")
+        folder = tmp_path / "LibriSpeech" / "dev-clean" / speaker / chapter
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LIBRISPEECH / row["path"], folder / f"{utterance}.ogg")
+        chapters.setdefault(folder / f"{speaker}-{chapter}.trans.txt", []).append(f"{utterance} {row['transcript']}")
+    for listing, lines in chapters.items():
+        listing.write_text("\n".join(lines) + "\n")
+    untranscribed = tmp_path / "LibriSpeech" / "dev-clean" / "0000" / "own.ogg"  # no transcript names it: kept
+    untranscribed.parent.mkdir()
+    shutil.copy(LIBRISPEECH / inputs["free"][0]["path"], untranscribed)
+    root = tmp_path / "LibriSpeech" / "dev-clean"
+    spoken_word = inputs["spoken"][0]["keywords_in_transcript"].split()[0]
+    listing = se.negative_files([root], (spoken_word,))
+    assert sorted(p.stem for p in listing.files) == sorted(
+        [r["path"].split("/")[-1].rsplit(".", 1)[0] for r in inputs["free"]] + ["own"])
+    assert listing.excluded == 1
+    listing = se.negative_files([root], ("computer",))
+    assert (len(listing.files), listing.excluded) == (5, 0)
+
+
 def test_replay_gives_exactly_the_detections_of_the_keyword_spotter(inputs, evaluation):
     bundle, scorer, _, noise, _ = evaluation
     flush = np.zeros(scorer.flush_samples, np.float32)
@@ -262,10 +287,15 @@ def test_evaluate_stream_writes_det_png_and_figures_and_skips_unreadable_negativ
     ("unreadable negatives only", "none of the 1 negative audio file(s) could be read"),
     ("missing negatives", "negatives {d}/gone.wav not found"),
     ("snr without noise", "the SNR conditions need background noise"),
+    ("unreadable transcript", "transcript {d}/libri/84/121123/84-121123.trans.txt cannot be read"),
 ])
 def test_bad_inputs_are_one_line(inputs, tmp_path, case, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.wav").write_bytes(b"RIFF this is not audio")
+    chapter = tmp_path / "libri" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    shutil.copy(LIBRISPEECH / inputs["free"][0]["path"], chapter / "84-121123-0000.ogg")
+    (chapter / "84-121123.trans.txt").write_bytes(b"84-121123-0000 \xff\xfe NOT TEXT\n")
     for suffix in (".json", ".tflite"):  # a good bundle where the error is to be about something else
         shutil.copy(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"kws12{suffix}")
     d, yes, model = str(tmp_path), str(inputs["yes"]), str(tmp_path / "kws12.json")
@@ -275,6 +305,7 @@ def test_bad_inputs_are_one_line(inputs, tmp_path, case, message):
         "unreadable negatives only": ["calibrate", model, "--negatives", f"{d}/broken.wav"],
         "missing negatives": ["evaluate-stream", model, "--positives", yes, "--negatives", f"{d}/gone.wav"],
         "snr without noise": ["evaluate-stream", model, "--positives", yes, "--snr", "10"],
+        "unreadable transcript": ["calibrate", model, "--negatives", f"{d}/libri"],
     }[case]
     line = one_error_line(kws_train(*args))
     assert message.format(d=d) in line

@@ -422,8 +422,9 @@ def cmd_calibrate(args, timer) -> None:
 def _add_stream_options(p: argparse.ArgumentParser, negatives_required: bool) -> None:
     p.add_argument("bundle", help="bundle name in models/ or path to its .json")
     p.add_argument("--negatives", type=Path, nargs="+", action="extend", required=negatives_required,
-                   metavar="PATH", help="audio files or folders without the keywords (a folder with INDEX.csv: only "
-                   "utterances whose transcript has no keyword); unreadable files are reported and skipped")
+                   metavar="PATH", help="audio files or folders without the keywords (a folder with INDEX.csv, or LibriSpeech's "
+                   "*.trans.txt: only utterances whose transcript has no keyword); unreadable files are reported and "
+                   "skipped")
     p.add_argument("--positives", type=Path, metavar="DIR",
                    help="folder of clips of one keyword")
     p.add_argument("--keyword", help="the keyword the positives say (default: the folder's name, or the only keyword)")
@@ -508,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speech-commands", type=Path, metavar="ROOT",
                    help="Speech Commands folder: its words as _unknown_, its _background_noise_ as noise")
     p.add_argument("--negatives", type=Path, nargs="+", action="extend", metavar="PATH",
-                   help="speech without the word (files or folders; a folder with INDEX.csv as LibriSpeech): "
+                   help="speech without the word (files or folders; a folder of speaker folders as LibriSpeech, whose "
+                   "INDEX.csv or *.trans.txt transcripts leave out the utterances that say the word): "
                    "windows for training, speakers held out for calibration")
     p.add_argument("--noise", type=Path, nargs="+", action="extend", metavar="DIR", help="folders of noise recordings")
     p.add_argument("--rir", type=Path, metavar="DIR", help="room impulse responses for the reverb augmentation")

@@ -102,7 +102,8 @@ class CustomSettings:
     speech_commands: Path | None = None
     """Speech Commands root: all its words become ``_unknown_``, its ``_background_noise_`` noise."""
     negatives: tuple[Path, ...] = ()
-    """Long-form speech without the word (files or folders; a folder with ``INDEX.csv`` as in LibriSpeech)."""
+    """Long-form speech without the word (files or folders; a folder with ``INDEX.csv`` or LibriSpeech's
+    ``*.trans.txt`` leaves out the utterances whose transcript says the word)."""
     noise: tuple[Path, ...] = ()
     """Folders of noise recordings: ``_silence_``, mixing, and calibration negatives."""
     rir: Path | None = None

@@ -66,6 +66,7 @@ QUIET_FLOOR_RMS = 0.003  # about -50 dBFS: the clean background, as in scripts/b
 ACTIVE_FRAME_MS = 20.0
 ACTIVE_RANGE_DB = 20.0
 INDEX_NAME = "INDEX.csv"
+TRANSCRIPTS_GLOB = "*.trans.txt"
 THRESHOLD_DECIMALS = 4
 """Thresholds placed just above a measured peak score are rounded up to this many decimals."""
 
@@ -266,6 +267,26 @@ def _audio_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
+def _transcribed(folder: Path, files: list[Path], keywords: Sequence[str]) -> tuple[list[Path], int]:
+    """``files`` of ``folder`` less those whose LibriSpeech transcript holds one of ``keywords``; how many were left out.
+
+    LibriSpeech as released keeps a ``SPEAKER-CHAPTER.trans.txt`` beside each chapter's audio, one
+    ``UTTERANCE-ID TRANSCRIPT`` per line for ``UTTERANCE-ID.flac``. A file no transcript names is kept.
+    """
+    transcripts: dict[Path, str] = {}
+    for listing in sorted(folder.rglob(TRANSCRIPTS_GLOB)):
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise KwsError(f"transcript {listing} cannot be read ({error}): fix or remove it") from None
+        for line in lines:
+            utterance, _, transcript = line.strip().partition(" ")
+            if utterance:
+                transcripts[listing.parent / utterance] = transcript
+    kept = [f for f in files if not any(mentions(transcripts.get(f.with_suffix(""), ""), k) for k in keywords)]
+    return kept, len(files) - len(kept)
+
+
 def _indexed(folder: Path, keywords: Sequence[str]) -> tuple[list[Path], int]:
     """Files of an ``INDEX.csv`` folder whose transcripts hold none of ``keywords``; and how many were left out.
 
@@ -299,11 +320,15 @@ class NegativeFiles:
     sources: tuple[str, ...]
     """The paths as given."""
     excluded: int
-    """Utterances of ``INDEX.csv`` folders left out because their transcripts hold a keyword."""
+    """Utterances left out because their transcripts (``INDEX.csv``, ``*.trans.txt``) hold a keyword."""
 
 
 def negative_files(paths: Sequence[Path], keywords: Sequence[str]) -> NegativeFiles:
-    """The audio files of ``paths`` (files, folders, ``INDEX.csv`` folders); a missing path is an error."""
+    """The audio files of ``paths`` (files, folders, ``INDEX.csv`` folders); a missing path is an error.
+
+    Utterances whose transcript holds a keyword are left out: those an ``INDEX.csv`` names so, and in
+    other folders those a LibriSpeech ``*.trans.txt`` beside them does.
+    """
     files, excluded, notes = [], 0, []
     for path in paths:
         path = Path(path)
@@ -318,11 +343,16 @@ def negative_files(paths: Sequence[Path], keywords: Sequence[str]) -> NegativeFi
             found = _audio_in(path)
             if not found:
                 raise KwsError(f"negatives folder {path} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
-            files += found
+            chosen, left_out = _transcribed(path, found, keywords)
+            if left_out:
+                notes.append(f"{path}: {len(chosen)} files without a keyword in their {TRANSCRIPTS_GLOB} transcript "
+                             f"({left_out} left out)")
+            files += chosen
+            excluded += left_out
         else:
             raise KwsError(f"negatives {path} not found: give audio files or folders of them")
     if not files:
-        raise KwsError("no negative audio: every utterance of the given index mentions a keyword")
+        raise KwsError("no negative audio: the transcript of every utterance given mentions a keyword")
     for note in notes:
         _LOGGER.info("%s", note)
     return NegativeFiles(tuple(files), tuple(str(p) for p in paths), excluded)

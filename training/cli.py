@@ -422,9 +422,9 @@ def cmd_calibrate(args, timer) -> None:
 def _add_stream_options(p: argparse.ArgumentParser, negatives_required: bool) -> None:
     p.add_argument("bundle", help="bundle name in models/ or path to its .json")
     p.add_argument("--negatives", type=Path, nargs="+", action="extend", required=negatives_required,
-                   metavar="PATH", help="audio files or folders without the keywords (a folder with INDEX.csv, or LibriSpeech's "
-                   "*.trans.txt: only utterances whose transcript has no keyword); unreadable files are reported and "
-                   "skipped")
+                   metavar="PATH", help="audio files or folders without the keywords (a folder with INDEX.csv, or "
+                   "LibriSpeech's *.trans.txt: only utterances whose transcript has no keyword); unreadable files are "
+                   "reported and skipped")
     p.add_argument("--positives", type=Path, metavar="DIR",
                    help="folder of clips of one keyword")
     p.add_argument("--keyword", help="the keyword the positives say (default: the folder's name, or the only keyword)")

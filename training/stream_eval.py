@@ -268,7 +268,7 @@ def _audio_in(folder: Path) -> list[Path]:
 
 
 def _transcribed(folder: Path, files: list[Path], keywords: Sequence[str]) -> tuple[list[Path], int]:
-    """``files`` of ``folder`` less those whose LibriSpeech transcript holds one of ``keywords``; how many were left out.
+    """``files`` of ``folder`` less those whose LibriSpeech transcript holds a keyword; how many were left out.
 
     LibriSpeech as released keeps a ``SPEAKER-CHAPTER.trans.txt`` beside each chapter's audio, one
     ``UTTERANCE-ID TRANSCRIPT`` per line for ``UTTERANCE-ID.flac``. A file no transcript names is kept.

@@ -263,6 +263,10 @@ def mentions(transcript: str, keyword: str) -> bool:
     return bool(phrase) and any(words[i : i + len(phrase)] == phrase for i in range(len(words) - len(phrase) + 1))
 
 
+def _says_a_keyword(transcript: str, keywords: Sequence[str]) -> bool:
+    return any(mentions(transcript, k) for k in keywords)
+
+
 def _audio_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
@@ -283,7 +287,7 @@ def _transcribed(folder: Path, files: list[Path], keywords: Sequence[str]) -> tu
             utterance, _, transcript = line.strip().partition(" ")
             if utterance:
                 transcripts[listing.parent / utterance] = transcript
-    kept = [f for f in files if not any(mentions(transcripts.get(f.with_suffix(""), ""), k) for k in keywords)]
+    kept = [f for f in files if not _says_a_keyword(transcripts.get(f.with_suffix(""), ""), keywords)]
     return kept, len(files) - len(kept)
 
 
@@ -307,7 +311,7 @@ def _indexed(folder: Path, keywords: Sequence[str]) -> tuple[list[Path], int]:
     for row in rows:
         listed = set((row.get("keywords_in_transcript") or "").lower().split())
         transcript = row.get("transcript") or ""
-        if listed & wanted or any(mentions(transcript, k) for k in keywords):
+        if listed & wanted or _says_a_keyword(transcript, keywords):
             excluded += 1
             continue
         files.append(folder / row["path"])

@@ -74,7 +74,8 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("custom_run")
     run, models = out / "run", out / "models"
     config = out / "custom.toml"
-    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\nhard_negative_share = 0.5\n')
+    config.write_text('[custom]\nsynth_speech_s = 20\nsynthetic_rooms = 3\nwhisper_share = 0.5\nhard_negative_share = 0.5\n'
+                      'partial_takes = 2\n')
     args = ["custom", str(run), "--config", str(config), "--word", "computer", "--samples", str(inputs["samples"]),
             "--speech-commands", str(root), "--negatives", str(inputs["libri"]), "--base", str(base_run),
             "--epochs", "2", "--clips-per-class", "40", "--holdout", "0.25", "--synth", "2", "--near-misses", "1",
@@ -82,6 +83,28 @@ def trained(base_run, inputs, tiny_data, tmp_path_factory):
     result = kws_train(*args)
     assert result.returncode == 0, result.stderr.decode()[-4000:]
     return run, models, result
+
+
+def test_partial_takes_keep_a_beginning_or_an_end_of_the_speech_over_the_clips_background():
+    rng = np.random.default_rng(5)
+    rate = 16000
+    clip = 0.001 * rng.standard_normal(rate)  # background at about -60 dBFS ...
+    clip[int(0.2 * rate) : int(0.8 * rate)] += 0.3 * np.sin(np.arange(int(0.6 * rate)) * 0.2)  # ... speech at 0.2-0.8 s
+    pieces = custom.partial_takes(np.stack([custom._to_int16(clip)] * 2), 3, np.random.default_rng(0))
+    assert pieces.shape == (6, rate) and pieces.dtype == np.int16
+
+    low, high = custom.PARTIAL_SPAN
+    for i, piece in enumerate(pieces):  # per clip: a beginning, an end, a beginning
+        frames = np.sqrt(np.mean((piece.astype(np.float64) / 32768).reshape(-1, 160) ** 2, axis=1))
+        loud = np.flatnonzero(frames > 0.1) / 100  # the 10 ms frames of speech left, in seconds
+        assert loud.size and np.all(np.diff(loud) < 0.015), i  # one stretch of it
+        kept = (loud[-1] + 0.01 - loud[0]) / 0.6
+        assert low - 0.03 <= kept <= high + 0.03, (i, kept)
+        assert abs(loud[0] - 0.2) < 0.015 if i % 3 % 2 == 0 else abs(loud[-1] + 0.01 - 0.8) < 0.015, i
+        times = np.arange(frames.size) / 100
+        rest = frames[(times < loud[0] - 0.015) | (times > loud[-1] + 0.015)]  # beyond the crossfade
+        assert rest.max() < 0.01, i  # the background
+    assert not np.array_equal(pieces[0], pieces[3])  # each piece's share is drawn
 
 
 def test_near_miss_texts_are_deterministic_and_never_the_word():
@@ -247,7 +270,8 @@ def test_custom_trains_calibrates_and_exports_a_bundle(trained, base_run, inputs
     examples = settings["examples"]  # whisper_share = 0.5: half the word's and half the _unknown_ training examples
     assert examples["whispered positives"] == round(0.5 * sum(examples[k] for k in (
         "positives (yours)", "synthetic positives", "positives (yours, repeated)") if k in examples))
-    unknown = ("Speech Commands words", "speech windows", "near misses")
+    assert examples["partial takes"] == 2 * (examples["positives (yours)"] + examples["synthetic positives"])
+    unknown = ("Speech Commands words", "speech windows", "near misses", "partial takes")
     assert examples["whispered _unknown_"] == round(0.5 * sum(examples.get(k, 0) for k in unknown))
 
     detected = run_kws("detect", "--model", str(models / "computer.json"), "--json",

@@ -127,6 +127,10 @@ class CustomSettings:
     sound_alike_phrases: int = 4
     """And this many two-word phrases that sound like the word across the word boundary ("camp utility");
     0 = none."""
+    partial_takes: int = 0
+    """From each of the word's training clips (yours and the synthetic ones), this many pieces of its speech,
+    beginnings and ends in turn (``PARTIAL_SPAN``), as ``_unknown_``: the word's own sounds in the user's voice,
+    but not the whole word; 0 = none."""
     whisper_share: float = 0.2
     """Whispered copies (``augment.whispered``) of this share of the word's training examples and of the
     ``_unknown_`` ones alike, so that a whisper is the word only when the word is whispered; 0 = none."""
@@ -217,6 +221,8 @@ class CustomSettings:
                self.synth_speech_s, self.synthetic_rooms) < 0:
             raise ConfigError("--synth, --near-misses, sound_alikes, sound_alike_phrases, synth_speech_s and "
                               "synthetic_rooms must not be negative")
+        if self.partial_takes < 0:
+            raise ConfigError(f"partial_takes {self.partial_takes}: give 0 or more")
         if not 0 <= self.whisper_share <= 1:
             raise ConfigError(f"whisper_share {self.whisper_share:g}: give a share in [0, 1]")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
@@ -550,6 +556,13 @@ DIGITAL_SILENCE = 1e-4
 """Samples below this (-80 dBFS) at the ends of a clip are padding the recorder added, not the room."""
 BACKGROUND_S = 0.2
 """Length of the quietest stretch of a clip that fills its window beyond the recording."""
+PARTIAL_SPAN = (0.3, 0.55)
+"""A partial take keeps this share of the clip's speech (drawn at random), from its start or up to its end."""
+PARTIAL_FADE_S = 0.01
+"""Crossfade between the kept speech and the clip's background at a partial take's cut."""
+PARTIAL_BACKGROUND_S = 0.05
+"""The quietest stretch of the window, repeated, fills it where a partial take's speech is left out (a window is cut
+close around the word, so a longer stretch would hold the word's onset or decay)."""
 
 
 def audible_span(audio: np.ndarray) -> tuple[int, int]:
@@ -588,6 +601,31 @@ def clip_window(path: Path, samples: int, sample_rate_hz: int) -> np.ndarray:
     if hi > lo:
         out[lo - start : hi - start] = audio[lo:hi]
     return out
+
+
+def partial_takes(clips: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` pieces of each window of ``clips`` (int16): a beginning, an end, a beginning ... of its speech, each
+    ``PARTIAL_SPAN`` of it where it was in the window, the rest of the window the clip's own background."""
+    from kws.record import check_take
+
+    rate = data.SAMPLE_RATE_HZ
+    fade = max(1, round(PARTIAL_FADE_S * rate))
+    out = []
+    for clip in clips.astype(np.float32) / 32768:
+        found = check_take(clip, whole_file=True)
+        if not found.voiced_s:
+            continue
+        first = max(0, round((found.speech_centre_s - found.voiced_s / 2) * rate))
+        last = min(clip.size, first + round(found.voiced_s * rate))
+        background = np.resize(quietest_stretch(clip, int(PARTIAL_BACKGROUND_S * rate)), clip.size)
+        for piece in range(count):
+            kept = round(rng.uniform(*PARTIAL_SPAN) * (last - first))
+            cut = first + kept if piece % 2 == 0 else last - kept
+            keep = np.clip((np.arange(clip.size) - cut) / fade + 0.5, 0.0, 1.0)  # 0 before the cut, 1 after
+            if piece % 2 == 0:
+                keep = 1.0 - keep
+            out.append(clip * keep + background * (1.0 - keep))
+    return _to_int16(np.stack(out)) if out else np.zeros((0, clips.shape[1]), np.int16)
 
 
 def gather_inputs(settings: CustomSettings, features: FeatureSettings) -> Inputs:
@@ -882,11 +920,14 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         cut = (lambda p: clip_window(p, samples, data.SAMPLE_RATE_HZ)) if clip_s else \
             (lambda p: centred(read_audio(p, data.SAMPLE_RATE_HZ), samples))
         clips = np.stack([cut(p) for p in paths]) if paths else np.zeros((0, samples), np.float32)
-        add(_to_int16(with_background(clips, noise, np.random.default_rng([settings.seed, 4, seed]))),
-            label_index, "training", what)
+        mixed = _to_int16(with_background(clips, noise, np.random.default_rng([settings.seed, 4, seed])))
+        add(mixed, label_index, "training", what)
+        return mixed
 
+    synthetic_words = np.zeros((0, samples), np.int16)
     if settings.synth_clips:
-        add_tts([settings.text], settings.synth_clips, "synth", 0, keyword, "synthetic positives", "--synth")
+        synthetic_words = add_tts([settings.text], settings.synth_clips, "synth", 0, keyword, "synthetic positives",
+                                  "--synth")
         synthetic = parts.counts["synthetic positives"]
         copies = math.ceil(settings.real_share / (1 - settings.real_share) * synthetic / len(yours)) - 1 \
             if settings.real_share > 0 else 0
@@ -900,6 +941,10 @@ def build_corpus(settings: CustomSettings, inputs: Inputs, run_dir: Path, timer:
         # Long near misses ("compatibility", "camp utility") are kept: their middle is what sounds like the word.
         add_tts(parts.near_miss_texts, settings.near_miss_clips, "near_misses", 1, unknown, "near misses",
                 "--near-misses", NEAR_MISS_CLIP_WINDOWS * inputs.window_s)
+    if settings.partial_takes:
+        with timer.stage("partial takes"):
+            add(partial_takes(np.concatenate([yours, synthetic_words]), settings.partial_takes,
+                              np.random.default_rng([settings.seed, 10])), unknown, "training", "partial takes")
     if settings.whisper_share:
         from training.augment import whispered
 

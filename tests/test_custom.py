@@ -390,6 +390,27 @@ def test_a_hard_negative_share_draws_that_share_of_unknown_from_the_mined_window
         np.testing.assert_array_equal(unshared, EpochMaker(corpus, plain).draw(1, np.random.default_rng(3)))
 
 
+def test_unknown_per_epoch_draws_more_unknown_and_fewer_silence_in_an_epoch_of_the_same_size(tmp_path):
+    from training.train import Corpus
+
+    argv = ["custom", str(tmp_path / "run"), "--word", "computer", "--samples", str(tmp_path), "--base", "none"]
+    settings, train = _custom_settings(build_parser().parse_args(argv))
+    assert settings.unknown_per_epoch == 1.0
+    corpus = Corpus(audio=np.zeros((6, 16000), np.int16), label=np.array([1, 1, 1, 2, 2, 1]),
+                    split=np.array(["training"] * 5 + ["validation"]), noise=[np.zeros(16000, np.float32)],
+                    labels=("_silence_", "_unknown_", "computer"))
+    plain = dataclasses.replace(train, clips_per_class=40)
+    for share, counts in ((1.0, [40, 40, 40]), (1.5, [20, 60, 40]), (0.5, [60, 20, 40])):
+        maker = custom.GainEpochs(corpus, plain, settings.gain_db, unknown_per_epoch=share)
+        _, labels = maker.epoch_audio(np.random.default_rng(0))
+        assert np.bincount(labels, minlength=3).tolist() == counts, share
+    mined = custom.GainEpochs(corpus, plain, settings.gain_db, mined=np.array([2]), mined_share=0.5,
+                              unknown_per_epoch=1.5).draw(1, np.random.default_rng(0))
+    assert len(mined) == 60 and np.count_nonzero(mined == 2) == 30 and 5 not in mined  # 5 validates
+    with pytest.raises(custom.ConfigError, match="unknown_per_epoch 2"):
+        custom.CustomSettings(word="computer", samples_dir=tmp_path, unknown_per_epoch=2.0)
+
+
 def test_bad_inputs_are_one_line(inputs, tmp_path):
     run = str(tmp_path / "run")
     few = tmp_path / "few"

@@ -167,6 +167,9 @@ class CustomSettings:
     """Also play each word and ``_unknown_`` example as quiet as the quietest of your training clips (the 5th
     percentile of their speech levels): an example whose speech is at L dBFS gets gains from
     min(``gain_db[0]``, quietest - L), so the range follows the levels your recordings hold."""
+    unknown_per_epoch: float = 1.0
+    """Each epoch draws this many times ``clips_per_class`` ``_unknown_`` examples, and that many fewer
+    ``_silence_`` ones, so an epoch keeps its size (0 < x < 2; 1 = as many of each class)."""
     hard_negative_epochs: int = 5
     """After training, the windows of the training speech (and room) that the model takes most for the word are
     added to ``_unknown_`` and training goes on for this many epochs, in each of ``hard_negative_rounds``;
@@ -227,6 +230,8 @@ class CustomSettings:
             raise ConfigError(f"whisper_share {self.whisper_share:g}: give a share in [0, 1]")
         if self.hard_negative_epochs < 0 or self.hard_negative_windows < 0:
             raise ConfigError("--hard-negative-epochs and hard_negative_windows must not be negative")
+        if not 0 < self.unknown_per_epoch < 2:
+            raise ConfigError(f"unknown_per_epoch {self.unknown_per_epoch:g}: give a multiple between 0 and 2")
         if not 0 <= self.hard_negative_share < 1:
             raise ConfigError(f"hard_negative_share {self.hard_negative_share:g}: give a share in [0, 1)")
         if self.frozen_blocks < 0 or (self.frozen_blocks and not self.freeze_first_conv):
@@ -797,8 +802,10 @@ class GainEpochs(EpochMaker):
     """
 
     def __init__(self, corpus: Corpus, settings: TrainSettings, gain_db: tuple[float, float],
-                 quietest_dbfs: float | None = None, mined: np.ndarray | None = None, mined_share: float = 0.0):
+                 quietest_dbfs: float | None = None, mined: np.ndarray | None = None, mined_share: float = 0.0,
+                 unknown_per_epoch: float = 1.0):
         super().__init__(corpus, settings)
+        self.unknown_per_epoch = unknown_per_epoch
         self.gain_db = gain_db
         self.quietest_dbfs = quietest_dbfs
         self.unknown = corpus.labels.index(data.UNKNOWN)
@@ -807,15 +814,21 @@ class GainEpochs(EpochMaker):
         self.mined_share = mined_share
         self.not_mined = np.setdiff1d(training, self.mined)
 
+    def count(self, k: int) -> int:
+        """``unknown_per_epoch`` times ``per_class`` of ``_unknown_``; ``_silence_`` makes up the difference."""
+        extra = int(round(self.per_class * (self.unknown_per_epoch - 1)))
+        return self.per_class + (extra if k == self.unknown else -extra if k == self.silence else 0)
+
     def draw(self, k: int, rng: np.random.Generator) -> np.ndarray:
         """``EpochMaker.draw``, but ``mined_share`` of ``_unknown_``'s rows from ``mined`` (with replacement only
         if it has fewer), the rest from its other rows."""
         if k != self.unknown or not len(self.mined) or not len(self.not_mined):
             return super().draw(k, rng)
-        count = int(round(self.per_class * self.mined_share))
+        total = self.count(k)
+        count = int(round(total * self.mined_share))
         return np.concatenate([
             rng.choice(self.mined, count, replace=len(self.mined) < count),
-            rng.choice(self.not_mined, self.per_class - count, replace=len(self.not_mined) < self.per_class - count)])
+            rng.choice(self.not_mined, total - count, replace=len(self.not_mined) < total - count)])
 
     def epoch_audio(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         audio, labels = super().epoch_audio(rng)
@@ -1183,7 +1196,8 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                      _frozen_text(settings, " (first convolution%s frozen)"))
 
     quietest = parts.quietest_dbfs
-    maker = GainEpochs(corpus, train_settings, settings.gain_db, quietest)
+    maker = GainEpochs(corpus, train_settings, settings.gain_db, quietest,
+                       unknown_per_epoch=settings.unknown_per_epoch)
     train_started = time.perf_counter()
     model = train(corpus, train_settings, run_dir, timer, maker=maker, prepare_model=prepare)
     mined = []
@@ -1307,7 +1321,8 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
                  f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
                  settings.hard_negative_epochs)
     if not mined:
-        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db, quietest_dbfs), mined
+        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db, quietest_dbfs,
+                                         unknown_per_epoch=settings.unknown_per_epoch), mined
     history = run_dir / "history.json"
     if history.exists():
         history.replace(run_dir / f"history_round{number - 1}.json")
@@ -1315,7 +1330,8 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)
     maker = GainEpochs(corpus, round_settings, settings.gain_db, quietest_dbfs,
-                       np.arange(first_mined, len(corpus.audio)), settings.hard_negative_share)
+                       np.arange(first_mined, len(corpus.audio)), settings.hard_negative_share,
+                       settings.unknown_per_epoch)
     weights = model.get_weights()
 
     def resume(fresh) -> None:

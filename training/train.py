@@ -129,10 +129,10 @@ class EpochMaker:
         rows, labels = [], []
         for k in range(len(self.by_class)):
             if k == self.silence:
-                rows.append(np.full(self.per_class, -1))
+                rows.append(np.full(self.count(k), -1))
             else:
                 rows.append(self.draw(k, rng))
-            labels.append(np.full(self.per_class, k))
+            labels.append(np.full(self.count(k), k))
         rows, labels = np.concatenate(rows), np.concatenate(labels)
         order = rng.permutation(len(rows))
         rows, labels = rows[order], labels[order]
@@ -142,10 +142,14 @@ class EpochMaker:
                     self.settings.features.sample_rate_hz, rng, self.corpus.responses)
         return x, labels
 
+    def count(self, k: int) -> int:
+        """Examples of class ``k`` in an epoch."""
+        return self.per_class
+
     def draw(self, k: int, rng: np.random.Generator) -> np.ndarray:
-        """``per_class`` training rows of class ``k`` for one epoch (with replacement only if it has fewer)."""
+        """``count(k)`` training rows of class ``k`` for one epoch (with replacement only if it has fewer)."""
         pool = self.by_class[k]
-        return rng.choice(pool, self.per_class, replace=len(pool) < self.per_class)
+        return rng.choice(pool, self.count(k), replace=len(pool) < self.count(k))
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One epoch as features ``(n, frames, coefficients)`` and label indices."""

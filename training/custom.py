@@ -129,8 +129,8 @@ class CustomSettings:
     0 = none."""
     partial_takes: int = 0
     """From each of the word's training clips (yours and the synthetic ones), this many pieces of its speech,
-    beginnings and ends in turn (``PARTIAL_SPAN``), as ``_unknown_``: the word's own sounds in the user's voice,
-    but not the whole word; 0 = none."""
+    beginnings and ends in turn (``PARTIAL_SPAN``), as ``_unknown_``: the word's own sounds in the voices it is
+    trained on, but never the whole word; 0 = none."""
     whisper_share: float = 0.2
     """Whispered copies (``augment.whispered``) of this share of the word's training examples and of the
     ``_unknown_`` ones alike, so that a whisper is the word only when the word is whispered; 0 = none."""

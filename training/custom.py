@@ -814,6 +814,13 @@ class GainEpochs(EpochMaker):
         self.mined_share = mined_share
         self.not_mined = np.setdiff1d(training, self.mined)
 
+    @classmethod
+    def of(cls, corpus: Corpus, settings: TrainSettings, custom: CustomSettings, quietest_dbfs: float | None,
+           mined: np.ndarray | None = None) -> "GainEpochs":
+        """The epochs ``custom`` asks for (its gains, ``hard_negative_share`` of ``mined``, ``unknown_per_epoch``)."""
+        return cls(corpus, settings, custom.gain_db, quietest_dbfs, mined, custom.hard_negative_share,
+                   custom.unknown_per_epoch)
+
     def count(self, k: int) -> int:
         """``unknown_per_epoch`` times ``per_class`` of ``_unknown_``; ``_silence_`` makes up the difference."""
         extra = int(round(self.per_class * (self.unknown_per_epoch - 1)))
@@ -1196,8 +1203,7 @@ def run_custom(run_dir: Path, settings: CustomSettings, train_settings: TrainSet
                      _frozen_text(settings, " (first convolution%s frozen)"))
 
     quietest = parts.quietest_dbfs
-    maker = GainEpochs(corpus, train_settings, settings.gain_db, quietest,
-                       unknown_per_epoch=settings.unknown_per_epoch)
+    maker = GainEpochs.of(corpus, train_settings, settings, quietest)
     train_started = time.perf_counter()
     model = train(corpus, train_settings, run_dir, timer, maker=maker, prepare_model=prepare)
     mined = []
@@ -1321,17 +1327,14 @@ def hard_negative_round(model, corpus: Corpus, settings: CustomSettings, train_s
                  f"{mined[-1]['score']:.2f} to {mined[0]['score']:.2f}" if mined else "-",
                  settings.hard_negative_epochs)
     if not mined:
-        return model, corpus, GainEpochs(corpus, train_settings, settings.gain_db, quietest_dbfs,
-                                         unknown_per_epoch=settings.unknown_per_epoch), mined
+        return model, corpus, GainEpochs.of(corpus, train_settings, settings, quietest_dbfs), mined
     history = run_dir / "history.json"
     if history.exists():
         history.replace(run_dir / f"history_round{number - 1}.json")
     corpus = with_hard_negatives(corpus, windows)
     round_settings = dataclasses.replace(train_settings, epochs=settings.hard_negative_epochs,
                                          learning_rate=train_settings.learning_rate / 2)
-    maker = GainEpochs(corpus, round_settings, settings.gain_db, quietest_dbfs,
-                       np.arange(first_mined, len(corpus.audio)), settings.hard_negative_share,
-                       settings.unknown_per_epoch)
+    maker = GainEpochs.of(corpus, round_settings, settings, quietest_dbfs, np.arange(first_mined, len(corpus.audio)))
     weights = model.get_weights()
 
     def resume(fresh) -> None:

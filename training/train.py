@@ -148,8 +148,8 @@ class EpochMaker:
 
     def draw(self, k: int, rng: np.random.Generator) -> np.ndarray:
         """``count(k)`` training rows of class ``k`` for one epoch (with replacement only if it has fewer)."""
-        pool = self.by_class[k]
-        return rng.choice(pool, self.count(k), replace=len(pool) < self.count(k))
+        pool, count = self.by_class[k], self.count(k)
+        return rng.choice(pool, count, replace=len(pool) < count)
 
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One epoch as features ``(n, frames, coefficients)`` and label indices."""

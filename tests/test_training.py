@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kws.bundle import load_bundle
@@ -79,3 +80,45 @@ def test_bad_data_path_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.decode().strip().splitlines()[-1].startswith("kws-train: error: data set folder")
     assert "Traceback" not in result.stderr.decode()
+
+
+def _twin_models(seed: int):
+    """Two copies of one small compiled classifier: convolution, batch norm, no dropout, plain SGD, so that a step
+    depends only on its batch."""
+    import keras
+    from keras import layers
+
+    from training.distill import DistillSettings
+    from training.train import make_loss
+
+    keras.utils.set_random_seed(seed)
+    loss, accuracy = make_loss(3, 0.0, DistillSettings())
+    twins = []
+    for _ in range(2):
+        model = keras.Sequential([keras.Input((20, 10, 1)), layers.Conv2D(4, 3), layers.BatchNormalization(),
+                                  layers.ReLU(), layers.GlobalAveragePooling2D(), layers.Dense(3)])
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss, metrics=[accuracy])
+        twins.append(model)
+    twins[1].set_weights(twins[0].get_weights())
+    return twins
+
+
+def test_fit_epoch_steps_through_the_rngs_order_as_fit_does_and_reports_its_epoch_means():
+    """``fit_epoch`` (train_on_batch, no tf.data) must train exactly as ``fit`` on the rows in its order; the
+    second epoch's means would take in the first's if it did not reset the metrics."""
+    from training.train import fit_epoch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((250, 20, 10, 1)).astype(np.float32)  # 2 full batches of 100 and one of 50
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 250)]
+    ours, keras_fit = _twin_models(0)
+    for epoch in range(2):
+        order = np.random.default_rng([7, epoch]).permutation(len(x))
+        logs = fit_epoch(ours, x, y, 100, np.random.default_rng([7, epoch]))
+        history = keras_fit.fit(x[order], y[order], batch_size=100, epochs=epoch + 1, initial_epoch=epoch,
+                                shuffle=False, verbose=0).history
+        assert set(logs) == {"loss", "accuracy"}
+        assert logs["loss"] == pytest.approx(history["loss"][-1], rel=1e-4)
+        assert logs["accuracy"] == pytest.approx(history["accuracy"][-1], abs=1e-6)
+    for mine, theirs in zip(ours.get_weights(), keras_fit.get_weights()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)

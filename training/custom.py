@@ -1034,6 +1034,7 @@ def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int,
     path, or ``audio N`` for an array).
     """
     from kws.features import Mfcc
+    from training.evaluate import predict_float
 
     mfcc = Mfcc(features)
     frames = features.frames_for(samples)
@@ -1044,7 +1045,7 @@ def mine_hard_negatives(model, files: Sequence[Path | np.ndarray], samples: int,
 
     def score_pending() -> None:
         windows = np.concatenate([w for _, _, w in pending])
-        scores = model.predict(windows[..., None], batch_size=1024, verbose=0)[:, keyword]
+        scores = predict_float(model, windows, 1024)[:, keyword]
         at = 0
         for index, starts, w in pending:
             own = scores[at : at + len(w)]

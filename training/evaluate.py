@@ -42,8 +42,17 @@ def score(labels: Sequence[str], truth: np.ndarray, predicted: np.ndarray) -> Sc
     return Scores(tuple(labels), confusion)
 
 
-def predict_float(model, features: np.ndarray) -> np.ndarray:
-    return model.predict(features[..., None], batch_size=500, verbose=0)
+def predict_float(model, features: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """The Keras ``model``'s outputs for ``features`` ``(n, frames, coefficients)``, ``batch_size`` rows at a time.
+
+    Through ``predict_on_batch``, not ``predict``: ``predict`` builds a tf.data iterator per call, whose
+    teardown can leave the CPU idle for seconds (see ``training.train.fit_epoch``).
+    """
+    x = features[..., None]
+    if not len(x):
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return np.concatenate([np.asarray(model.predict_on_batch(x[start : start + batch_size]))
+                           for start in range(0, len(x), batch_size)])
 
 
 def predict_tflite(model_content: bytes, features: np.ndarray) -> np.ndarray:

@@ -442,6 +442,7 @@ class RunTeacher:
         import keras
 
         from kws.features import FeatureSettings, Mfcc
+        from training.evaluate import predict_float
 
         audio = as_clips(audio)
         if self._model is None:
@@ -453,7 +454,7 @@ class RunTeacher:
         out = []
         for start in range(0, len(audio), 1000):
             features = self._mfcc.compute_batch(audio[start : start + 1000])
-            out.append(self._model.predict(features[..., None], batch_size=500, verbose=0) @ self._mapping)
+            out.append(predict_float(self._model, features) @ self._mapping)
         return _normalise_rows(np.concatenate(out).astype(np.float64))
 
 

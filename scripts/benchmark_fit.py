@@ -8,8 +8,9 @@ default features), compiled once, and trains it on the same random features, alt
 epoch through ``fit(..., epochs=e + 1, initial_epoch=e)`` (as ``kws-train`` did before)
 and one through ``fit_epoch``. Also times the validation predictions of 500 windows through
 ``predict`` and ``training.evaluate.predict_float``. Prints, for each, the median wall time
-and CPU time (both cores together) over the epochs, and the ratio of the medians. The first
-epoch of each (tracing) is left out.
+and CPU time (both cores together) over the epochs, the wall time's mean, least and most (the
+wait that ``fit`` can leave comes in some epochs, not all), and the ratio of the medians. The
+first epoch of each (tracing) is left out.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
     for name, rows in times.items():
         wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         medians[name] = wall
-        print(f"  {name:14s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  (wall min {min(r[0] for r in rows):.2f}, "
+        mean = statistics.mean(r[0] for r in rows)
+        print(f"  {name:14s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  (wall mean {mean:.2f}, min {min(r[0] for r in rows):.2f}, "
               f"max {max(r[0] for r in rows):.2f})")
     print(f"  fit / fit_epoch wall: {medians['fit'] / medians['fit_epoch']:.2f}; "
           f"predict / predict_float wall: {medians['predict'] / medians['predict_float']:.2f}")

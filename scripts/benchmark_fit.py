@@ -78,9 +78,9 @@ def main(argv=None) -> int:
     for name, rows in times.items():
         wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         medians[name] = wall
-        mean = statistics.mean(r[0] for r in rows)
-        print(f"  {name:14s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  (wall mean {mean:.2f}, min {min(r[0] for r in rows):.2f}, "
-              f"max {max(r[0] for r in rows):.2f})")
+        walls = [r[0] for r in rows]
+        print(f"  {name:14s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  (wall mean {statistics.mean(walls):.2f}, "
+              f"min {min(walls):.2f}, max {max(walls):.2f})")
     print(f"  fit / fit_epoch wall: {medians['fit'] / medians['fit_epoch']:.2f}; "
           f"predict / predict_float wall: {medians['predict'] / medians['predict_float']:.2f}")
     return 0

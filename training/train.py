@@ -202,7 +202,7 @@ def fit_epoch(model, x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.rand
     Returns the epoch's metrics (``loss`` and the compiled ones), the means over its examples, as ``fit``'s
     history holds them. ``fit`` itself builds a tf.data iterator per call, and tearing it down waited on a
     sleeping tf.data thread: with TensorFlow 2.21 each 42-s epoch of ``kws-train custom`` left both cores idle
-    for about 15 s (measured 2026-12-07). ``train_on_batch`` feeds the same compiled step without tf.data.
+    for about 17 s (measured 2026-12-07). ``train_on_batch`` feeds the same compiled step without tf.data.
     """
     order = rng.permutation(len(x))
     totals: dict[str, float] = {}

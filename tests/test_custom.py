@@ -499,9 +499,12 @@ def test_benchmark_wakeword_prints_the_table(base_run, inputs, tiny_data, tmp_pa
 
 class EnergyModel:
     """A stand-in classifier: the word's probability is a window's mean log energy (MFCC c0), scaled to [0, 1]
-    over the batch. Enough to check where the miner looks; the real model is in ``trained``."""
+    over the batch (the tests' windows fit in one). Enough to check where the miner looks; the real model is in
+    ``trained``."""
 
-    def predict(self, x, batch_size=None, verbose=0):
+    output_shape = (None, 3)
+
+    def predict_on_batch(self, x):
         energy = x[:, :, 0, 0].mean(axis=1)  # x: (windows, frames, coefficients, 1)
         score = (energy - energy.min()) / max(float(np.ptp(energy)), 1e-9)
         return np.stack([np.zeros_like(score), 1 - score, score], axis=1)
